@@ -1,0 +1,122 @@
+"""`nadam` and `nadamw`: `scale_by_nadam` chained with optax's own pieces."""
+
+from typing import Any, Callable, Optional, Union
+
+import chex
+import optax
+
+from optax_nadam import _validation
+from optax_nadam.transform import scale_by_nadam
+
+
+def _check_learning_rate(learning_rate: optax.ScalarOrSchedule) -> None:
+  if not callable(learning_rate):
+    _validation.check_range("learning_rate", learning_rate, 0.0)
+
+
+def nadam(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-7,
+    eps_root: chex.Numeric = 0.0,
+    momentum_decay: chex.Numeric = 0.004,
+    mu_dtype: Optional[Any] = None,
+) -> optax.GradientTransformation:
+  r"""The NAdam optimizer of TF/Keras and PyTorch, as an optax optimizer.
+
+  ``chain(scale_by_nadam(...), scale_by_learning_rate(learning_rate))``. With
+  the defaults it follows `tf.keras.optimizers.Nadam` (tf-keras legacy) and,
+  with ``eps=1e-8``, `torch.optim.NAdam`; with ``momentum_decay=1.0`` it
+  follows Keras 3's `keras.optimizers.Nadam`. It is not `optax.nadam`, which
+  has no momentum schedule.
+
+  Coupled L2 weight decay, torch NAdam's default ``weight_decay``, is
+  ``optax.chain(optax.add_decayed_weights(wd), nadam(lr))``; decoupled weight
+  decay is `nadamw`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, optax_nadam
+    >>> params = {"w": jnp.ones(3)}
+    >>> tx = optax_nadam.nadam(1e-2)
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.ones(3)}, state)
+    >>> optax.apply_updates(params, updates)["w"].round(4)
+    Array([0.99, 0.99, 0.99], dtype=float32)
+
+  Args:
+    learning_rate: a float >= 0, a jax scalar, or an optax schedule (called
+      with the step count before it is incremented, like `optax.adam`).
+    b1: base momentum coefficient, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added to the denominator after the square root, >= 0.
+    eps_root: added inside the square root, >= 0.
+    momentum_decay: ``psi`` of the momentum schedule ``b1 * (1 - 0.5 *
+      0.96 ** (psi * t))``; 0.004 is tf-keras legacy's ``schedule_decay`` and
+      torch's ``momentum_decay``; 1.0 is Keras 3's Nadam.
+    mu_dtype: optional dtype of the first moment (e.g. ``jnp.bfloat16``).
+
+  Returns:
+    An `optax.GradientTransformation`.
+
+  Raises:
+    ValueError: a concrete hyperparameter is outside its range.
+
+  References:
+    Dozat, 2016, "Incorporating Nesterov Momentum into Adam", ICLR workshop.
+    TensorFlow/Keras documentation of `tf.keras.optimizers.Nadam`.
+  """
+  _check_learning_rate(learning_rate)
+  return optax.chain(
+      scale_by_nadam(b1, b2, eps, eps_root, momentum_decay, mu_dtype),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def nadamw(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-7,
+    eps_root: chex.Numeric = 0.0,
+    momentum_decay: chex.Numeric = 0.004,
+    mu_dtype: Optional[Any] = None,
+    weight_decay: chex.Numeric = 1e-4,
+    mask: Optional[Union[Any, Callable[[optax.Params], Any]]] = None,
+) -> optax.GradientTransformation:
+  r"""NAdam with decoupled weight decay (torch ``NAdam(decoupled_weight_decay=True)``).
+
+  Each step shrinks a parameter by ``learning_rate * weight_decay * param`` on
+  top of the `nadam` step, the way `optax.adamw` does for Adam:
+  ``chain(scale_by_nadam(...), add_decayed_weights(weight_decay, mask),
+  scale_by_learning_rate(learning_rate))``. The update needs ``params``.
+
+  Args:
+    learning_rate: a float >= 0, a jax scalar, or an optax schedule.
+    b1: base momentum coefficient, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    eps: added to the denominator after the square root, >= 0.
+    eps_root: added inside the square root, >= 0.
+    momentum_decay: ``psi`` of the momentum schedule (see `nadam`).
+    mu_dtype: optional dtype of the first moment.
+    weight_decay: decoupled decay rate, >= 0.
+    mask: a tree of booleans like the params, or a callable returning one;
+      True where weight decay applies (as in `optax.adamw`).
+
+  Returns:
+    An `optax.GradientTransformation`.
+
+  Raises:
+    ValueError: a concrete hyperparameter is outside its range.
+
+  References:
+    Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization".
+    Dozat, 2016, "Incorporating Nesterov Momentum into Adam".
+  """
+  _check_learning_rate(learning_rate)
+  _validation.check_range("weight_decay", weight_decay, 0.0)
+  return optax.chain(
+      scale_by_nadam(b1, b2, eps, eps_root, momentum_decay, mu_dtype),
+      optax.add_decayed_weights(weight_decay, mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
