@@ -1,0 +1,189 @@
+"""Ground truth and peer runners shared by the core's tests.
+
+`reference_nadam` is the seed's formulas in float64 numpy, written from the
+math in the README, independent of the package. The `run_*` functions feed one
+fixed gradient sequence to a real peer optimizer (installed from the `test`
+extra) and return its parameters after each step.
+"""
+
+import numpy as np
+
+SHAPES = {
+    "matrix": [(7, 5)],
+    "mixed": [(7, 5), (11,), (2, 3, 4), ()],
+}
+
+
+def make_problem(shapes, steps, seed=0, grad_scales=True):
+  """Float32 initial params and a fixed gradient sequence for `shapes`."""
+  rng = np.random.default_rng(seed)
+  params = [rng.normal(size=s).astype(np.float32) for s in shapes]
+  scales = [10.0 ** rng.uniform(-3, 1) if grad_scales else 1.0 for _ in shapes]
+  grads = [
+      [(rng.normal(size=s) * c).astype(np.float32) for s, c in zip(shapes, scales)]
+      for _ in range(steps)
+  ]
+  return params, grads
+
+
+def peers_md_problem(steps=200):
+  """The precision problem of shared/PEERS.md: mixed shapes, per-draw scales.
+
+  Seed 0; the draw order (all params, then per step per leaf a normal then a
+  scale) is part of the problem's definition.
+  """
+  rng = np.random.default_rng(0)
+  shapes = [(5, 7), (11,), (2, 3, 4), ()]
+  params = [rng.normal(size=s).astype(np.float32) for s in shapes]
+  grads = [
+      [rng.normal(size=s).astype(np.float32) * (10 ** rng.uniform(-3, 1))
+       for s in shapes]
+      for _ in range(steps)
+  ]
+  return params, grads
+
+
+def _to64(x):
+  """float64, or complex128 for complex input."""
+  x = np.asarray(x)
+  return x.astype(np.promote_types(x.dtype, np.float64))
+
+
+def reference_nadam(
+    params,
+    grads,
+    lr=1e-3,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-7,
+    momentum_decay=0.004,
+    eps_root=0.0,
+    weight_decay=0.0,
+    decoupled=False,
+):
+  """The seed's NAdam in float64; returns the params after every step."""
+  p = [_to64(x) for x in params]
+  m = [np.zeros_like(x) for x in p]
+  v = [np.zeros(np.shape(x), np.float64) for x in p]
+  prod = 1.0
+  history = []
+  for t, gs in enumerate(grads, start=1):
+    mu_t = b1 * (1 - 0.5 * 0.96 ** (momentum_decay * t))
+    mu_next = b1 * (1 - 0.5 * 0.96 ** (momentum_decay * (t + 1)))
+    prod *= mu_t
+    for i, g in enumerate(gs):
+      g = _to64(g)
+      if weight_decay and not decoupled:
+        g = g + weight_decay * p[i]
+      if weight_decay and decoupled:
+        p[i] = p[i] * (1 - lr * weight_decay)
+      m[i] = b1 * m[i] + (1 - b1) * g
+      v[i] = b2 * v[i] + (1 - b2) * np.abs(g) ** 2
+      m_bar = (1 - mu_t) * g / (1 - prod) + mu_next * m[i] / (1 - prod * mu_next)
+      p[i] = p[i] - lr * m_bar / (np.sqrt(v[i] / (1 - b2**t) + eps_root) + eps)
+    history.append([x.copy() for x in p])
+  return history
+
+
+def run_torch(params, grads, lr, b1, b2, eps, momentum_decay, weight_decay=0.0,
+              decoupled=False, clip_norm=None):
+  """torch.optim.NAdam on the gradient sequence; params after every step."""
+  import torch
+
+  ps = [torch.tensor(np.array(x), requires_grad=True) for x in params]
+  opt = torch.optim.NAdam(
+      ps, lr=lr, betas=(b1, b2), eps=eps, momentum_decay=momentum_decay,
+      weight_decay=weight_decay, decoupled_weight_decay=decoupled,
+  )
+  history = []
+  for gs in grads:
+    for p, g in zip(ps, gs):
+      p.grad = torch.tensor(np.array(g))
+    if clip_norm is not None:
+      torch.nn.utils.clip_grad_norm_(ps, clip_norm)
+    opt.step()
+    history.append([p.detach().numpy().copy() for p in ps])
+  return history
+
+
+def run_tf_legacy(params, grads, lr, b1, b2, eps, momentum_decay):
+  """tf_keras.optimizers.legacy.Nadam (the seed's class); params after every step."""
+  import tensorflow as tf
+  import tf_keras
+
+  vs = [tf.Variable(x) for x in params]
+  opt = tf_keras.optimizers.legacy.Nadam(
+      learning_rate=lr, beta_1=b1, beta_2=b2, epsilon=eps,
+      schedule_decay=momentum_decay,
+  )
+
+  @tf.function
+  def step(gs):
+    opt.apply_gradients(zip(gs, vs))
+
+  history = []
+  for gs in grads:
+    step([tf.constant(g) for g in gs])
+    history.append([v.numpy().copy() for v in vs])
+  return history
+
+
+def run_keras3(params, grads, lr, b1, b2, eps):
+  """keras.optimizers.Nadam (Keras 3, jax backend); params after every step."""
+  import keras
+
+  vs = [keras.Variable(x) for x in params]
+  opt = keras.optimizers.Nadam(learning_rate=lr, beta_1=b1, beta_2=b2, epsilon=eps)
+  opt.build(vs)
+  history = []
+  for gs in grads:
+    opt.apply_gradients(zip([keras.ops.convert_to_tensor(g) for g in gs], vs))
+    history.append([np.array(v.numpy()) for v in vs])
+  return history
+
+
+def max_rel_gap(history_a, history_b, scale_of):
+  """Max over steps and leaves of |a - b| / (scale of the param leaf)."""
+  gap = 0.0
+  for step_a, step_b in zip(history_a, history_b, strict=True):
+    for i, (a, b) in enumerate(zip(step_a, step_b, strict=True)):
+      diff = np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)),
+                    initial=0.0)
+      gap = max(gap, diff / scale_of[i])
+  return gap
+
+
+def max_abs_error(history, reference):
+  """Max over steps and leaves of |x - ref| (float64)."""
+  return max(
+      float(np.max(np.abs(np.asarray(a, np.float64) - b), initial=0.0))
+      for step_a, step_r in zip(history, reference, strict=True)
+      for a, b in zip(step_a, step_r, strict=True)
+  )
+
+
+def run_ours(tx, params, grads):
+  """Our optimizer `tx` (jitted step) on the gradient sequence."""
+  import jax
+  import optax
+
+  @jax.jit
+  def step(ps, state, gs):
+    updates, state = tx.update(gs, state, ps)
+    return optax.apply_updates(ps, updates), state
+
+  ps = [jax.numpy.asarray(x) for x in params]
+  state = tx.init(ps)
+  history = []
+  for gs in grads:
+    ps, state = step(ps, state, [jax.numpy.asarray(g) for g in gs])
+    history.append([np.asarray(x) for x in ps])
+  return history
+
+
+def param_scale(history):
+  """Per leaf, the largest |param| seen along a trajectory (at least 1e-3)."""
+  return [
+      max(1e-3, max(float(np.max(np.abs(step[i]), initial=0.0)) for step in history))
+      for i in range(len(history[0]))
+  ]
