@@ -205,7 +205,8 @@ def scale_by_nadam(
       g_c = g.astype(compute)
       m_t = b1_ * m.astype(compute) + one_minus_b1 * g_c
       g_sq = jnp.real(g_c * jnp.conj(g_c)) if jnp.iscomplexobj(g_c) else g_c * g_c
-      v_t = b2_ * v.astype(g_sq.dtype) + one_minus_b2 * g_sq
+      v_real = jnp.real(v) if jnp.iscomplexobj(v) else v  # |g|^2 kept in a complex v
+      v_t = b2_ * v_real.astype(g_sq.dtype) + one_minus_b2 * g_sq
       step = (coef_g * g_c + coef_m * m_t) / denominator(v_t)
       return step.astype(g.dtype), m_t.astype(m.dtype), v_t.astype(v.dtype)
 
