@@ -1,0 +1,173 @@
+"""Checks for optimizer state that comes from outside the program.
+
+A checkpoint restored into the wrong run is the quiet way to lose a training
+job: `treedef.unflatten(list(arrays))` happily pairs the arrays of another
+model's tree with this one's leaves when the counts agree, and a bf16 moment
+saved with `numpy.savez` comes back as raw bytes (dtype ``V2``). The
+functions here refuse such a state before the first step, naming the leaf:
+
+- `check_state(state, like)` compares a state, leaf by leaf, with a reference
+  (``tx.init(params)`` or ``jax.eval_shape(tx.init, params)``): same tree, same
+  shapes, same dtypes, finite values, and for every `ScaleByNadamState` a
+  count >= 0 and a mu-product in [0, 1].
+- `to_arrays(tree)` / `from_arrays(arrays, like)` turn any optax state into a
+  flat ``{path: numpy array}`` dict for ``numpy.savez`` and back, matching
+  arrays to leaves by path (never by position) and validating the result.
+
+Non-finite gradients are not handled here: chain the optimizer as
+``optax.apply_if_finite(nadam(lr), max_consecutive_errors=k)``, which skips a
+step whose gradients hold NaN or Inf and leaves the inner state untouched.
+"""
+
+from typing import Any, Dict, Mapping
+
+import jax
+import numpy as np
+
+from optax_nadam.transform import ScaleByNadamState
+
+_MAX_LISTED = 5
+
+
+def _path_str(path) -> str:
+  return jax.tree_util.keystr(path) or "<root>"
+
+
+def _listed(paths) -> str:
+  paths = sorted(paths)
+  more = f" and {len(paths) - _MAX_LISTED} more" if len(paths) > _MAX_LISTED else ""
+  return f"{paths[:_MAX_LISTED]}{more}"
+
+
+def _check_structure(state: Any, like: Any, what: str) -> None:
+  s_leaves, s_def = jax.tree_util.tree_flatten_with_path(state)
+  l_leaves, l_def = jax.tree_util.tree_flatten_with_path(like)
+  if s_def == l_def:
+    return
+  s_paths = {_path_str(p) for p, _ in s_leaves}
+  l_paths = {_path_str(p) for p, _ in l_leaves}
+  detail = ""
+  if s_paths - l_paths:
+    detail += f" Only in the {what}: {_listed(s_paths - l_paths)}."
+  if l_paths - s_paths:
+    detail += f" Only in the reference: {_listed(l_paths - s_paths)}."
+  if not detail:
+    detail = f" Same leaf paths, different node types: {s_def} vs {l_def}."
+  raise ValueError(
+      f"The {what} does not have the reference's tree structure.{detail} Was it "
+      "saved from a different model or optimizer chain?"
+  )
+
+
+def check_state(state: Any, like: Any, *, finite: bool = True) -> Any:
+  """Raises unless `state` has the tree, shapes and dtypes of `like`.
+
+  Use it on a state restored from a checkpoint, before the first update. Leaf
+  values are checked only when concrete (not under `jit`).
+
+  Args:
+    state: the state to check (leaves: numpy or jax arrays).
+    like: a reference state with the same structure, e.g. ``tx.init(params)``
+      or ``jax.eval_shape(tx.init, params)`` (no memory used).
+    finite: also require every floating/complex leaf of `state` to be finite.
+
+  Returns:
+    `state`, unchanged, so the call can wrap a restore.
+
+  Raises:
+    ValueError: the tree structure, a leaf's shape or dtype differs (the
+      message names the leaf path and both values), a leaf holds NaN/Inf
+      (with ``finite=True``), or a `ScaleByNadamState` has a negative count
+      or a mu-product outside [0, 1].
+  """
+  _check_structure(state, like, "state")
+  s_leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  l_leaves = jax.tree.leaves(like)
+  for (path, x), ref in zip(s_leaves, l_leaves):
+    where = _path_str(path)
+    if np.shape(x) != np.shape(ref):
+      raise ValueError(
+          f"The state leaf at {where} has shape {np.shape(x)}; the reference has "
+          f"{np.shape(ref)}."
+      )
+    x_dtype = np.dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
+    ref_dtype = np.dtype(ref.dtype)
+    if x_dtype != ref_dtype:
+      raise ValueError(
+          f"The state leaf at {where} has dtype {x_dtype}; the reference has {ref_dtype}."
+      )
+    if finite and np.issubdtype(x_dtype, np.inexact) and not isinstance(x, jax.core.Tracer):
+      if not np.all(np.isfinite(np.asarray(x))):
+        raise ValueError(f"The state leaf at {where} holds NaN or Inf.")
+
+  is_nadam = lambda x: isinstance(x, ScaleByNadamState)  # noqa: E731
+  for path, node in jax.tree_util.tree_flatten_with_path(state, is_leaf=is_nadam)[0]:
+    if not is_nadam(node) or isinstance(node.count, jax.core.Tracer):
+      continue
+    where = _path_str(path)
+    if int(node.count) < 0:
+      raise ValueError(f"{where}.count is {int(node.count)}; a step count is >= 0.")
+    mu_product = float(node.mu_product)
+    if not 0.0 <= mu_product <= 1.0:
+      raise ValueError(
+          f"{where}.mu_product is {mu_product}; a product of momentum coefficients in "
+          "[0, 1) lies in [0, 1]."
+      )
+  return state
+
+
+def to_arrays(tree: Any) -> Dict[str, np.ndarray]:
+  """Flattens a state (or any pytree of arrays) to ``{leaf path: numpy array}``.
+
+  The keys are `jax.tree_util.keystr` paths such as ``"[0].m['dense']['kernel']"``;
+  the dict can be written with ``numpy.savez(file, **arrays)``.
+
+  Args:
+    tree: a pytree of arrays (e.g. an optax state).
+
+  Returns:
+    A dict from leaf path to a numpy copy of the leaf.
+  """
+  return {_path_str(p): np.array(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def from_arrays(arrays: Mapping[str, Any], like: Any, *, finite: bool = True) -> Any:
+  """Rebuilds a state from `to_arrays` output, matching leaves by path.
+
+  Arrays that `numpy.savez` stored as raw bytes (bfloat16 and other ml_dtypes
+  come back as ``V2``-style void arrays) are viewed back as the reference's
+  dtype when the item size agrees. The result goes through `check_state`.
+
+  Args:
+    arrays: ``{leaf path: array}``, e.g. ``numpy.load("state.npz")``.
+    like: a reference state (``tx.init(params)`` or its `jax.eval_shape`).
+    finite: passed to `check_state`.
+
+  Returns:
+    A state with the tree of `like` and the leaves of `arrays` (numpy arrays).
+
+  Raises:
+    ValueError: a key is missing or unexpected (named), or `check_state`
+      refuses the result.
+  """
+  ref_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+  wanted = [_path_str(p) for p, _ in ref_leaves]
+  missing, extra = set(wanted) - set(arrays), set(arrays) - set(wanted)
+  if missing or extra:
+    detail = ""
+    if missing:
+      detail += f" Missing: {_listed(missing)}."
+    if extra:
+      detail += f" Not in the reference: {_listed(extra)}."
+    raise ValueError(
+        "The saved arrays do not match the reference state's leaves." + detail
+        + " Was the checkpoint saved from a different model or optimizer chain?"
+    )
+  leaves = []
+  for key, (_, ref) in zip(wanted, ref_leaves):
+    x = np.asarray(arrays[key])
+    ref_dtype = np.dtype(ref.dtype)
+    if x.dtype.kind == "V" and x.dtype.itemsize == ref_dtype.itemsize:
+      x = x.view(ref_dtype)
+    leaves.append(x)
+  return check_state(treedef.unflatten(leaves), like, finite=finite)
