@@ -15,9 +15,9 @@ import math
 from typing import Any, NamedTuple, Optional
 
 import chex
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_nadam import _validation
@@ -149,6 +149,10 @@ def scale_by_nadam(
   if mu_dtype is not None and not jnp.issubdtype(mu_dtype, jnp.inexact):
     raise ValueError(f"mu_dtype must be a floating dtype, got {mu_dtype}.")
   eps_root_is_zero = _validation.concrete_float(eps_root) == 0.0
+  # eps * sqrt(1 - b2**t) stays a normal float32 for eps >= 1e-29 (1 - b2 >= 1e-16).
+  zero_denominator_possible = not (
+      (_validation.concrete_float(eps) or 0.0) >= 1e-29
+      or (_validation.concrete_float(eps_root) or 0.0) > 0.0)
 
   def init_fn(params):
     return ScaleByNadamState(
@@ -207,7 +211,17 @@ def scale_by_nadam(
       g_sq = jnp.real(g_c * jnp.conj(g_c)) if jnp.iscomplexobj(g_c) else g_c * g_c
       v_real = jnp.real(v) if jnp.iscomplexobj(v) else v  # |g|^2 kept in a complex v
       v_t = b2_ * v_real.astype(g_sq.dtype) + one_minus_b2 * g_sq
-      step = (coef_g * g_c + coef_m * m_t) / denominator(v_t)
+      # Saturate instead of overflowing: an infinite v (|g| above ~1.8e19 in
+      # float32, ~256 in float16) would freeze the coordinate, every later
+      # step being m / inf = 0. NaN still propagates (minimum keeps NaN).
+      v_t = jnp.minimum(v_t, jnp.finfo(v.dtype).max)
+      denom = denominator(v_t)
+      step = (coef_g * g_c + coef_m * m_t) / denom
+      if zero_denominator_possible:
+        # eps = eps_root = 0 and v_t = 0 (no gradient yet, or g^2 below the
+        # smallest float): 0/0 would be NaN; take the step as 0. A NaN denom
+        # (NaN gradient) is not == 0, so NaN still propagates.
+        step = jnp.where(denom == 0, jnp.zeros_like(step), step)
       return step.astype(g.dtype), m_t.astype(m.dtype), v_t.astype(v.dtype)
 
     out = jax.tree.map(leaf, updates, state.m, state.v)
