@@ -33,6 +33,7 @@ def _ours(hp, params, grads):
 
 def _assert_close(ours, peer, reference, what):
   gap = ref.max_rel_gap(ours, peer, ref.param_scale(reference))
+  print(f"{what}: max relative gap over {len(reference)} steps {gap:.3g}")
   assert gap <= TOL, f"{what}: relative gap {gap:.3g} > {TOL}"
   # Both really moved: the comparison is not between two frozen trajectories.
   moved = max(np.max(np.abs(a - b)) for a, b in zip(reference[-1], reference[0]))
