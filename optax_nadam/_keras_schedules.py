@@ -1,0 +1,185 @@
+"""Keras learning-rate schedule configs as jax schedules (private to `keras`).
+
+A Keras schedule serialises as ``{"class_name": "ExponentialDecay", "config":
+{...}}`` (Keras 3 adds ``"module"`` and ``"registered_name"``). `from_keras_config`
+reads such a dict -- plain data, never evaluated -- and returns a schedule
+``step -> float32 learning rate`` computed with the formulas of
+`keras.optimizers.schedules` (float32, like Keras). Unknown classes or keys
+raise a ValueError naming them.
+"""
+
+import math
+from typing import Any, Callable, Dict
+
+import jax.numpy as jnp
+
+Schedule = Callable[[Any], Any]
+
+_F32 = jnp.float32
+
+
+def _exponential(c: Dict[str, Any]) -> Schedule:
+  def schedule(step):
+    p = jnp.asarray(step, _F32) / _F32(c["decay_steps"])
+    if c["staircase"]:
+      p = jnp.floor(p)
+    return _F32(c["initial_learning_rate"]) * jnp.power(_F32(c["decay_rate"]), p)
+
+  return schedule
+
+
+def _inverse_time(c: Dict[str, Any]) -> Schedule:
+  def schedule(step):
+    p = jnp.asarray(step, _F32) / _F32(c["decay_steps"])
+    if c["staircase"]:
+      p = jnp.floor(p)
+    return _F32(c["initial_learning_rate"]) / (1.0 + _F32(c["decay_rate"]) * p)
+
+  return schedule
+
+
+def _piecewise_constant(c: Dict[str, Any]) -> Schedule:
+  boundaries, values = list(c["boundaries"]), list(c["values"])
+  if len(boundaries) != len(values) - 1:
+    raise ValueError(
+        "PiecewiseConstantDecay: 'values' must have one more entry than "
+        f"'boundaries'; got {len(values)} values and {len(boundaries)} boundaries.")
+
+  def schedule(step):
+    step = jnp.asarray(step)
+    # Keras: values[0] while step <= boundaries[0], values[i] on (b[i-1], b[i]].
+    index = jnp.sum(jnp.stack([step > b for b in boundaries]).astype(jnp.int32))
+    return jnp.asarray(values, _F32)[index]
+
+  return schedule
+
+
+def _polynomial(c: Dict[str, Any]) -> Schedule:
+  def schedule(step):
+    step = jnp.asarray(step, _F32)
+    decay_steps = _F32(c["decay_steps"])
+    if c["cycle"]:
+      multiplier = jnp.where(step == 0, 1.0, jnp.ceil(step / decay_steps))
+      decay_steps = decay_steps * multiplier
+    else:
+      step = jnp.minimum(step, decay_steps)
+    p = step / decay_steps
+    init, end = _F32(c["initial_learning_rate"]), _F32(c["end_learning_rate"])
+    return (init - end) * jnp.power(1.0 - p, _F32(c["power"])) + end
+
+  return schedule
+
+
+def _cosine(c: Dict[str, Any]) -> Schedule:
+  alpha = c["alpha"]
+
+  def decay(step, decay_steps, from_lr):
+    cosine = 0.5 * (1.0 + jnp.cos(_F32(math.pi) * (step / decay_steps)))
+    return from_lr * ((1 - alpha) * cosine + alpha)
+
+  def schedule(step):
+    step = jnp.asarray(step, _F32)
+    init = _F32(c["initial_learning_rate"])
+    decay_steps = _F32(c["decay_steps"])
+    if c["warmup_target"] is None:
+      return decay(jnp.minimum(step, decay_steps), decay_steps, init)
+    target, warmup = _F32(c["warmup_target"]), _F32(c["warmup_steps"])
+    step = jnp.minimum(step, decay_steps + warmup)
+    warm = (target - init) * (step / jnp.maximum(warmup, 1e-30)) + init
+    return jnp.where(step < warmup, warm, decay(step - warmup, decay_steps, target))
+
+  return schedule
+
+
+# class name -> (builder, {key: default}); a default of ... marks a required key.
+_SCHEDULES = {
+    "ExponentialDecay": (_exponential, {
+        "initial_learning_rate": ..., "decay_steps": ..., "decay_rate": ...,
+        "staircase": False, "name": None}),
+    "InverseTimeDecay": (_inverse_time, {
+        "initial_learning_rate": ..., "decay_steps": ..., "decay_rate": ...,
+        "staircase": False, "name": None}),
+    "PiecewiseConstantDecay": (_piecewise_constant, {
+        "boundaries": ..., "values": ..., "name": None}),
+    "PolynomialDecay": (_polynomial, {
+        "initial_learning_rate": ..., "decay_steps": ..., "end_learning_rate": 0.0001,
+        "power": 1.0, "cycle": False, "name": None}),
+    "CosineDecay": (_cosine, {
+        "initial_learning_rate": ..., "decay_steps": ..., "alpha": 0.0, "name": None,
+        "warmup_target": None, "warmup_steps": 0}),
+}
+_BOOL_KEYS = ("staircase", "cycle")
+_POSITIVE_KEYS = ("decay_steps",)
+
+
+def _number(where: str, value: Any) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+      hasattr(value, "dtype") and getattr(value, "shape", None) == ()):
+    raise TypeError(f"{where} must be a number, got {value!r}.")
+  x = float(value)
+  if not math.isfinite(x):
+    raise ValueError(f"{where} must be finite, got {x!r}.")
+  return x
+
+
+def from_keras_config(spec: Dict[str, Any]) -> Schedule:
+  """Builds a jax schedule from a Keras schedule config dict.
+
+  Args:
+    spec: ``{"class_name": ..., "config": {...}}`` as written by
+      `keras.optimizers.schedules.serialize` (``"module"`` and
+      ``"registered_name"`` are accepted and ignored).
+
+  Returns:
+    A function ``step -> float32 learning rate``.
+
+  Raises:
+    ValueError: unknown class or key, missing key, out-of-range value.
+    TypeError: a value of the wrong type.
+  """
+  where = "learning_rate"
+  unknown = set(spec) - {"class_name", "config", "module", "registered_name"}
+  if unknown:
+    raise ValueError(f"{where}: unknown schedule key(s) {sorted(unknown)}.")
+  if "class_name" not in spec or "config" not in spec:
+    raise ValueError(
+        f"{where}: a schedule config needs 'class_name' and 'config', got {sorted(spec)}.")
+  name = spec["class_name"]
+  if name not in _SCHEDULES:
+    raise ValueError(
+        f"{where}: unsupported schedule class_name {name!r}; supported: "
+        f"{sorted(_SCHEDULES)}.")
+  config = spec["config"]
+  if not isinstance(config, dict):
+    raise TypeError(f"{where}['config'] must be a dict, got {type(config).__name__}.")
+  builder, defaults = _SCHEDULES[name]
+  unknown = set(config) - set(defaults)
+  if unknown:
+    raise ValueError(f"{where}: unknown {name} key(s) {sorted(unknown)}.")
+  c = {}
+  for key, default in defaults.items():
+    if key not in config:
+      if default is ...:
+        raise ValueError(f"{where}: {name} needs {key!r}.")
+      c[key] = default
+      continue
+    value = config[key]
+    loc = f"{where}['config'][{key!r}]"
+    if key == "name":
+      if value is not None and not isinstance(value, str):
+        raise TypeError(f"{loc} must be a string, got {value!r}.")
+    elif key in _BOOL_KEYS:
+      if not isinstance(value, bool):
+        raise TypeError(f"{loc} must be a bool, got {value!r}.")
+    elif key in ("boundaries", "values"):
+      if not isinstance(value, (list, tuple)) or not value and key == "values":
+        raise TypeError(f"{loc} must be a non-empty list of numbers, got {value!r}.")
+      value = [_number(f"{loc}[{i}]", x) for i, x in enumerate(value)]
+    elif key == "warmup_target" and value is None:
+      pass
+    else:
+      value = _number(loc, value)
+      if key in _POSITIVE_KEYS and value <= 0:
+        raise ValueError(f"{loc} must be > 0, got {value!r}.")
+    c[key] = value
+  return builder(c)

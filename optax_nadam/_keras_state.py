@@ -1,0 +1,160 @@
+"""State helpers of `optax_nadam.keras.Nadam` (private): find, name, import/export."""
+
+from typing import Any, Callable, List, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_nadam.transform import ScaleByNadamState
+
+
+def _is_node(x: Any) -> bool:
+  return isinstance(x, (ScaleByNadamState, optax.MultiStepsState))
+
+
+def find_nadam_state(state: Any) -> ScaleByNadamState:
+  """The one `ScaleByNadamState` inside an optimizer state.
+
+  Args:
+    state: any optax state tree.
+
+  Returns:
+    The `ScaleByNadamState` node.
+
+  Raises:
+    ValueError: there is none, or more than one.
+  """
+  found = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, ScaleByNadamState))
+           if isinstance(x, ScaleByNadamState)]
+  if len(found) != 1:
+    raise ValueError(f"expected exactly one ScaleByNadamState in the optimizer state, found "
+                     f"{len(found)}; pass the state returned by this optimizer's init().")
+  return found[0]
+
+
+def _key_name(key: Any) -> str:
+  for attr in ("key", "idx", "name"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def leaf_names(tree: Any) -> List[str]:
+  """Each leaf's path with its keys joined by "/" (``dense/kernel``, ``0``).
+
+  Args:
+    tree: a pytree.
+
+  Returns:
+    One name per leaf, in `jax.tree.leaves` order.
+  """
+  paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return ["/".join(_key_name(k) for k in path) or "<root>" for path, _ in paths]
+
+
+def map_special_nodes(new: Any, old: Any, keep: Callable[[Any, Any], Any]) -> Any:
+  """Applies `keep(new_tree, old_tree)` to the params-shaped trees of the state.
+
+  Those are the moments of the `ScaleByNadamState` and the accumulators of an
+  `optax.MultiStepsState` (recursively inside it).
+
+  Args:
+    new: the state after an update.
+    old: the state before it (same structure).
+    keep: merges a params-shaped new tree with the old one.
+
+  Returns:
+    `new` with those trees merged.
+  """
+
+  def fix(n, o):
+    if isinstance(n, ScaleByNadamState):
+      return n._replace(m=keep(n.m, o.m), v=keep(n.v, o.v))
+    if isinstance(n, optax.MultiStepsState):
+      return n._replace(acc_grads=keep(n.acc_grads, o.acc_grads),
+                        inner_opt_state=map_special_nodes(
+                            n.inner_opt_state, o.inner_opt_state, keep))
+    return n
+
+  return jax.tree.map(fix, new, old, is_leaf=_is_node)
+
+
+def weights_from_state(state: Any) -> List[np.ndarray]:
+  """``[iterations (int64), mu_product (float32), m..., v...]`` as numpy arrays.
+
+  Args:
+    state: a state holding one `ScaleByNadamState`.
+
+  Returns:
+    tf-keras legacy Nadam's ``get_weights()`` layout.
+  """
+  nadam = find_nadam_state(state)
+  return ([np.asarray(nadam.count, np.int64), np.asarray(nadam.mu_product, np.float32)]
+          + [np.array(x) for x in jax.tree.leaves(nadam.m)]
+          + [np.array(x) for x in jax.tree.leaves(nadam.v)])
+
+
+def _checked(i: int, w: Any, like: Any, what: str) -> jax.Array:
+  w = np.asarray(w)
+  like_dtype = np.dtype(like.dtype)
+  if w.shape != tuple(like.shape):
+    raise ValueError(f"set_weights: weights[{i}] ({what}) has shape {w.shape}, expected "
+                     f"{tuple(like.shape)}.")
+  kind_ok = (np.issubdtype(w.dtype, np.integer) if np.issubdtype(like_dtype, np.integer)
+             else np.issubdtype(w.dtype, np.complexfloating) if np.issubdtype(
+                 like_dtype, np.complexfloating) else np.issubdtype(w.dtype, np.floating))
+  if not kind_ok:
+    raise TypeError(f"set_weights: weights[{i}] ({what}) has dtype {w.dtype}, expected "
+                    f"{like_dtype} (or another dtype of the same kind).")
+  return jnp.asarray(w.astype(like_dtype))
+
+
+def weights_into_state(state: Any, weights: Sequence[Any]) -> Any:
+  """Loads a tf-keras legacy ``get_weights()`` list into `state`.
+
+  Args:
+    state: a state of the optimizer (structure, shapes, dtypes).
+    weights: ``[iterations, mu_product, m..., v...]``.
+
+  Returns:
+    The new state (real step count = iterations * k, accumulators zeroed).
+
+  Raises:
+    ValueError: wrong count, shape, or a negative iteration count.
+    TypeError: wrong dtype kind, or `weights` not a sequence.
+  """
+  if isinstance(weights, (str, bytes, dict)) or not hasattr(weights, "__len__"):
+    raise TypeError(f"set_weights: weights must be a list of arrays, got "
+                    f"{type(weights).__name__}.")
+  nadam = find_nadam_state(state)
+  m_leaves, m_def = jax.tree.flatten(nadam.m)
+  v_leaves = jax.tree.leaves(nadam.v)
+  n = len(m_leaves)
+  if len(weights) != 2 + 2 * n:
+    raise ValueError(f"set_weights: expected {2 + 2 * n} weights (iterations, momentum cache, "
+                     f"{n} m, {n} v), got {len(weights)}.")
+  count = _checked(0, weights[0], nadam.count, "iterations")
+  if int(count) < 0:
+    raise ValueError(f"set_weights: weights[0] (iterations) must be >= 0, got {int(count)}.")
+  mu_product = _checked(1, weights[1], nadam.mu_product, "momentum cache")
+  m = [_checked(2 + i, w, like, "m") for i, (w, like) in enumerate(zip(weights[2:2 + n],
+                                                                      m_leaves))]
+  v = [_checked(2 + n + i, w, like, "v") for i, (w, like) in enumerate(zip(weights[2 + n:],
+                                                                          v_leaves))]
+  new_nadam = ScaleByNadamState(count, mu_product, jax.tree.unflatten(m_def, m),
+                                jax.tree.unflatten(m_def, v))
+
+  def fix(node):
+    if isinstance(node, ScaleByNadamState):
+      return new_nadam
+    if isinstance(node, optax.MultiStepsState):
+      return node._replace(
+          mini_step=jnp.zeros_like(node.mini_step),
+          gradient_step=count.astype(node.gradient_step.dtype),
+          acc_grads=jax.tree.map(jnp.zeros_like, node.acc_grads),
+          inner_opt_state=jax.tree.map(fix, node.inner_opt_state, is_leaf=_is_node))
+    return node
+
+  return jax.tree.map(fix, state, is_leaf=_is_node)
