@@ -41,8 +41,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv: command-line arguments (default: ``sys.argv[1:]``).
 
   Returns:
-    The process exit status: 0 on success, 2 on bad arguments or a missing
-    demo dependency.
+    The process exit status: 0 on success, 2 on bad arguments, an unwritable
+    ``--out`` or a missing demo dependency.
   """
   parser = _parser()
   args = parser.parse_args(argv)
@@ -62,6 +62,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         file=sys.stderr,
     )
     return 2
+  png = _demo.png_path(args.out)
+  try:
+    # Before training, so that a bad --out fails in a second rather than after the runs.
+    png.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as err:
+    parser.error(f"--out: cannot create the directory for {png}: {err}")
   results, path = _demo.run(
       steps=args.steps, out=args.out, learning_rate=args.lr, batch_size=args.batch_size,
       seed=args.seed, show_progress=not args.no_progress,
@@ -70,6 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print(f"MLP 64-64-10 on scikit-learn digits, {args.steps} steps of batch "
         f"{args.batch_size}, learning rate {args.lr:g}, same init and batches:")
   print(_demo.format_table(results))
+  print(f"({_demo.machine()})")
   print(f"\nLoss curves written to {path}")
   return 0
 

@@ -256,6 +256,37 @@ def plot(results: list[RunResult], path: pathlib.Path, title: str = "") -> pathl
   return path
 
 
+def png_path(out: str) -> pathlib.Path:
+  """Where the demo writes its PNG for an ``--out`` value.
+
+  Args:
+    out: a file path, or a directory (existing, or given without a suffix).
+
+  Returns:
+    ``out`` itself, or ``out/optax_nadam_demo.png`` for a directory.
+  """
+  path = pathlib.Path(out)
+  if path.is_dir() or not path.suffix:
+    path = path / "optax_nadam_demo.png"
+  return path
+
+
+def machine() -> str:
+  """A one-line description of where the demo ran, for quoting its timings.
+
+  Returns:
+    e.g. ``"jax 0.10.2 on cpu; 2 CPU cores, x86_64, Python 3.11.2"``.
+  """
+  import os
+  import platform
+
+  import jax
+
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return (f"jax {jax.__version__} on {jax.default_backend()}; {cores} CPU cores, "
+          f"{platform.machine()}, Python {platform.python_version()}")
+
+
 def run(
     steps: int = 600,
     out: str = "optax_nadam_demo.png",
@@ -281,9 +312,7 @@ def run(
   import jax
   from tqdm import tqdm
 
-  path = pathlib.Path(out)
-  if path.is_dir() or not path.suffix:
-    path = path / "optax_nadam_demo.png"
+  path = png_path(out)
   data = load_data(seed)
   txs = optimizers(learning_rate)
   # Start the backend first so that the first run's "first step" time is only its compilation.

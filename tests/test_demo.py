@@ -48,6 +48,7 @@ def test_default_run_trains_all_three_and_writes_the_png(tmp_path):
   assert f"Loss curves written to {png.resolve()}" in result.stdout
   assert png.read_bytes()[:8] == PNG_MAGIC
   assert "step" in result.stderr  # the tqdm progress bar writes to stderr
+  assert re.search(r"^\(jax \S+ on cpu; \d+ CPU cores, ", result.stdout, flags=re.M)
 
 
 def test_short_run_with_explicit_png_path(tmp_path):
@@ -67,6 +68,14 @@ def test_bad_flags_are_refused(tmp_path, args, message):
   assert result.returncode == 2
   assert message in result.stderr
   assert not list(tmp_path.iterdir())
+
+
+def test_unwritable_out_is_refused_before_training(tmp_path):
+  (tmp_path / "a_file").write_text("")
+  result = _run(["--out", "a_file/curves.png"], tmp_path, timeout=60)
+  assert result.returncode == 2
+  assert "--out: cannot create the directory for a_file/curves.png" in result.stderr
+  assert "step" not in result.stdout  # no table: it stopped before training
 
 
 def test_missing_demo_extra_says_what_to_install(tmp_path):
