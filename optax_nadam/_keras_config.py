@@ -10,16 +10,19 @@ import numbers
 import warnings
 from typing import Any, Dict, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from optax_nadam import _keras_schedules
 
+# Constructor order: the first five are Nadam's positional parameters.
 DEFAULTS: Dict[str, Any] = {
-    "name": "Nadam",
     "learning_rate": 0.001,
     "beta_1": 0.9,
     "beta_2": 0.999,
     "epsilon": 1e-07,
+    "name": "Nadam",
     "schedule_decay": 0.004,
     "decay": 0.0,
     "clipnorm": None,
@@ -42,7 +45,12 @@ _KERAS3_MARKERS = ("use_ema", "ema_momentum", "loss_scale_factor",
 
 
 def _float(key: str, value: Any, low: float, high: float = math.inf,
-           low_open: bool = False, high_open: bool = False) -> float:
+           low_open: bool = False, high_open: bool = False) -> Any:
+  if isinstance(value, jax.core.Tracer) and value.shape == ():
+    return value  # traced (optax.inject_hyperparams): checked when concrete
+  if isinstance(value, jax.Array) and value.shape == () and jnp.issubdtype(
+      value.dtype, jnp.floating):
+    value = value.item()
   if isinstance(value, (bool, np.bool_)) or not isinstance(
       value, (numbers.Real, np.floating, np.integer)):
     raise TypeError(f"{key} must be a number, got {value!r} ({type(value).__name__}).")
@@ -63,6 +71,9 @@ def _optional_float(key, value, **bounds) -> Optional[float]:
 def _optional_int(key: str, value: Any, low: int) -> Optional[int]:
   if value is None:
     return None
+  if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer) and (
+      value.shape == () and jnp.issubdtype(value.dtype, jnp.integer)):
+    value = value.item()
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
     raise TypeError(f"{key} must be an int or None, got {value!r}.")
   if int(value) < low:

@@ -43,24 +43,18 @@ there) -> psi = decay, no learning-rate decay; else psi = 0.004.
 """
 
 import copy
+import inspect
 import re
-import warnings
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from optax_nadam import _keras_config, _keras_schedules
-from optax_nadam._keras_state import (
-    find_nadam_state,
-    leaf_names,
-    map_special_nodes,
-    weights_from_state,
-    weights_into_state,
-)
+from optax_nadam._keras_methods import KerasMethods
+from optax_nadam._keras_state import find_nadam_state, leaf_names, map_special_nodes
 from optax_nadam.transform import scale_by_nadam
 
 __all__ = ["KerasNadamState", "Nadam"]
@@ -90,7 +84,7 @@ def _rebuild(kwargs: Dict[str, Any]) -> "Nadam":
   return Nadam(**kwargs)
 
 
-class Nadam(optax.GradientTransformationExtraArgs):
+class Nadam(KerasMethods, optax.GradientTransformationExtraArgs):
   """NAdam with the Keras optimizer API, as an optax `GradientTransformation`.
 
   The arguments are `tf.keras.optimizers.Nadam`'s (tf-keras legacy) with
@@ -183,12 +177,12 @@ class Nadam(optax.GradientTransformationExtraArgs):
       inner.append(optax.clip_by_global_norm(c["global_clipnorm"]))
     inner.append(scale_by_nadam(c["beta_1"], c["beta_2"], c["epsilon"],
                                 momentum_decay=c["schedule_decay"]))
-    if c["weight_decay"]:
+    if c["weight_decay"] is not None:
       inner.append(optax.add_decayed_weights(c["weight_decay"], self._decay_mask))
     inner = optax.chain(*inner)
     if self._k > 1:
       inner = optax.MultiSteps(inner, self._k, use_grad_mean=False).gradient_transformation()
-    scale = 1.0 / c["loss_scale_factor"] if c["loss_scale_factor"] else 1.0
+    scale = 1.0 if c["loss_scale_factor"] is None else 1.0 / c["loss_scale_factor"]
     return optax.chain(optax.scale(scale), inner)
 
   def _decay_mask(self, params):
@@ -251,8 +245,9 @@ class Nadam(optax.GradientTransformationExtraArgs):
   def _learning_rate(self, step: chex.Array) -> chex.Array:
     lr = self._schedule(step) if self._schedule else self._config["learning_rate"]
     lr = jnp.asarray(lr, jnp.float32)
-    if self._config["decay"]:
-      lr = lr / (1.0 + jnp.float32(self._config["decay"]) * jnp.asarray(step, jnp.float32))
+    decay = self._config["decay"]
+    if not (isinstance(decay, float) and decay == 0.0):  # traced under inject_hyperparams
+      lr = lr / (1.0 + jnp.asarray(decay, jnp.float32) * jnp.asarray(step, jnp.float32))
     return lr
 
   def _step(self, grads, state: KerasNadamState, params, present: Optional[Tuple[bool, ...]]):
@@ -276,10 +271,10 @@ class Nadam(optax.GradientTransformationExtraArgs):
     ema = state.ema
     if c["use_ema"]:
       floor_iter = step // self._k
-      momentum = jnp.where(floor_iter != 0, jnp.float32(c["ema_momentum"]), 0.0)
+      momentum = jnp.where(floor_iter != 0, jnp.asarray(c["ema_momentum"], jnp.float32), 0.0)
       ema = jax.tree.map(lambda a, p: (momentum * a + (1 - momentum) * p).astype(a.dtype),
                          state.ema, new_params)
-      if c["ema_overwrite_frequency"]:
+      if c["ema_overwrite_frequency"] is not None:
         overwrite = (floor_iter + 1) % c["ema_overwrite_frequency"] == 0
         new_params = jax.tree.map(lambda a, p: jnp.where(overwrite, a, p), ema, new_params)
         updates = jax.tree.map(
@@ -290,231 +285,6 @@ class Nadam(optax.GradientTransformationExtraArgs):
   def _update(self, updates, state, params=None):
     _, new_state, updates = self._step(updates, state, params, None)
     return updates, new_state
-
-  # -------------------------------------------------------- Keras methods (pure)
-  def iterations(self, state: KerasNadamState) -> chex.Array:
-    """Keras's ``optimizer.iterations``: update steps taken (int32 scalar).
-
-    With gradient accumulation this is Keras 3's floored count, the number of
-    applied (not accumulated) steps.
-
-    Args:
-      state: this optimizer's state.
-
-    Returns:
-      An int32 scalar.
-    """
-    return find_nadam_state(state).count
-
-  def current_learning_rate(self, state: KerasNadamState) -> chex.Array:
-    """The learning rate the next update will use (schedule and decay applied).
-
-    Args:
-      state: this optimizer's state.
-
-    Returns:
-      A float32 scalar.
-    """
-    return self._learning_rate(self._real_step(state))
-
-  def get_slot_names(self) -> Tuple[str, str]:
-    """The slot names, ``("m", "v")``, as tf-keras legacy Nadam.
-
-    Returns:
-      ``("m", "v")``.
-    """
-    return ("m", "v")
-
-  def get_slot(self, state: KerasNadamState, var: Union[int, str], slot_name: str) -> chex.Array:
-    """A slot (first or second moment) of one parameter.
-
-    Args:
-      state: this optimizer's state.
-      var: the parameter's index among the leaves, or its path (``"dense/kernel"``
-        or jax's keystr form ``"['dense']['kernel']"``).
-      slot_name: ``"m"`` or ``"v"``.
-
-    Returns:
-      The slot array.
-
-    Raises:
-      ValueError: unknown slot name, index or path.
-    """
-    if slot_name not in self.get_slot_names():
-      raise ValueError(f"get_slot: slot_name must be 'm' or 'v', got {slot_name!r}.")
-    nadam = find_nadam_state(state)
-    tree = nadam.m if slot_name == "m" else nadam.v
-    leaves = jax.tree.leaves(tree)
-    names = leaf_names(tree)
-    keystrs = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    if isinstance(var, (int, np.integer)) and not isinstance(var, bool):
-      if not -len(leaves) <= int(var) < len(leaves):
-        raise ValueError(f"get_slot: index {var} out of range for {len(leaves)} parameters.")
-      return leaves[int(var)]
-    if isinstance(var, str):
-      for i, (n, k) in enumerate(zip(names, keystrs)):
-        if var in (n, k):
-          return leaves[i]
-      raise ValueError(f"get_slot: no parameter at path {var!r}; paths: {names}.")
-    raise TypeError(f"get_slot: var must be an int index or a path string, got {var!r}.")
-
-  def get_weights(self, state: KerasNadamState) -> list:
-    """The state in tf-keras legacy Nadam's ``get_weights()`` order.
-
-    ``[iterations (int64), momentum cache = mu-product (float32), m..., v...]``,
-    numpy arrays, leaves in `jax.tree.leaves` order.
-
-    Args:
-      state: this optimizer's state.
-
-    Returns:
-      A list of numpy arrays.
-    """
-    return weights_from_state(state)
-
-  def set_weights(self, state: KerasNadamState, weights: Sequence[Any]) -> KerasNadamState:
-    """Returns `state` with tf-keras legacy ``get_weights()`` values loaded.
-
-    Sets the step count, the mu-product and the moments; the real step count
-    becomes ``iterations * gradient_accumulation_steps`` (accumulators zeroed).
-
-    Args:
-      state: a state of this optimizer (gives the structure, shapes, dtypes).
-      weights: ``[iterations, mu_product, m..., v...]``.
-
-    Returns:
-      The new state.
-
-    Raises:
-      ValueError: wrong count or shape (naming the index).
-      TypeError: wrong dtype kind (naming the index).
-    """
-    return weights_into_state(state, weights)
-
-  def variables(self, state: KerasNadamState) -> list:
-    """All state arrays: ``get_weights`` order, then accumulators, then EMA.
-
-    Args:
-      state: this optimizer's state.
-
-    Returns:
-      A list of jax arrays: iterations, mu-product, m..., v..., then the
-      gradient accumulators (when gradient_accumulation_steps > 1), then the
-      parameter averages (when use_ema).
-    """
-    nadam = find_nadam_state(state)
-    out = [nadam.count, nadam.mu_product, *jax.tree.leaves(nadam.m), *jax.tree.leaves(nadam.v)]
-    for node in jax.tree.leaves(state.core,
-                                is_leaf=lambda x: isinstance(x, optax.MultiStepsState)):
-      if isinstance(node, optax.MultiStepsState):
-        out += jax.tree.leaves(node.acc_grads)
-    return out + jax.tree.leaves(state.ema)
-
-  def apply_gradients(self, grads_and_vars, state: KerasNadamState):
-    """Applies one step to ``(gradient, variable)`` pairs; pure.
-
-    ``grads_and_vars`` is a sequence of pairs (the variables form a list, as
-    in `init([v for _, v in pairs])`) or a dict ``{name: (grad, var)}`` (the
-    variables form that dict; names are the paths weight-decay exclusions
-    match). A None gradient skips its variable: it and its slots stay as they
-    are (Keras's behaviour); the step still counts.
-
-    Args:
-      grads_and_vars: the pairs.
-      state: this optimizer's state, from `init` on the same variables.
-
-    Returns:
-      ``(new_vars, new_state)``; new_vars is a list or dict like the input.
-
-    Raises:
-      TypeError: malformed ``grads_and_vars``.
-      ValueError: every gradient is None ("No gradients provided for any
-        variable."), or a gradient's shape differs from its variable's.
-    """
-    if isinstance(grads_and_vars, dict):
-      keys = list(grads_and_vars)
-      pairs = list(grads_and_vars.values())
-      labels = [str(k) for k in keys]
-    else:
-      try:
-        pairs = list(grads_and_vars)
-      except TypeError:
-        raise TypeError("apply_gradients: grads_and_vars must be an iterable of (gradient, "
-                        f"variable) pairs, got {type(grads_and_vars).__name__}.") from None
-      keys, labels = None, [str(i) for i in range(len(pairs))]
-    for label, pair in zip(labels, pairs):
-      if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-        raise TypeError(f"apply_gradients: grads_and_vars[{label}] must be a (gradient, "
-                        f"variable) pair, got {type(pair).__name__}.")
-      if not hasattr(pair[1], "shape") or (pair[0] is not None and not hasattr(pair[0], "shape")):
-        raise TypeError(f"apply_gradients: grads_and_vars[{label}] must hold arrays, got "
-                        f"({type(pair[0]).__name__}, {type(pair[1]).__name__}).")
-    present = tuple(g is not None for g, _ in pairs)
-    if not any(present):
-      raise ValueError("No gradients provided for any variable.")
-    for label, (g, v) in zip(labels, pairs):
-      if g is not None and jnp.shape(g) != jnp.shape(v):
-        raise ValueError(f"apply_gradients: the gradient at grads_and_vars[{label}] has shape "
-                         f"{jnp.shape(g)} but its variable has shape {jnp.shape(v)}.")
-    if not all(present):
-      missing = [lab for lab, p in zip(labels, present) if not p]
-      warnings.warn(f"Gradients do not exist for variables {missing}; they are left as they are.",
-                    stacklevel=2)
-    grads = [jnp.zeros_like(v) if g is None else g for g, v in pairs]
-    params = [v for _, v in pairs]
-    if keys is not None:
-      grads, params = dict(zip(keys, grads)), dict(zip(keys, params))
-      present = tuple(jax.tree.leaves(dict(zip(keys, present))))  # sorted-key leaf order
-    new_params, new_state, _ = self._jit_step(
-        grads, state, params, None if all(present) else present)
-    return new_params, new_state
-
-  def get_gradients(self, loss_fn, params: optax.Params) -> optax.Updates:
-    """Gradients of ``loss_fn(params)`` (raw: clipping happens in the update).
-
-    Args:
-      loss_fn: ``params -> scalar loss``.
-      params: the parameters.
-
-    Returns:
-      The gradient tree.
-    """
-    return jax.grad(loss_fn)(params)
-
-  def _scaled_grads(self, loss_fn, params):
-    # Keras 3 scales the loss up before differentiating; the update divides it back.
-    scale = self._config["loss_scale_factor"] or 1.0
-    return jax.grad(lambda p: loss_fn(p) * scale)(params)
-
-  def get_updates(self, loss_fn, params: optax.Params, state: KerasNadamState):
-    """The optax updates one step would make (tf-keras ``get_updates``, pure).
-
-    Args:
-      loss_fn: ``params -> scalar loss``.
-      params: the parameters.
-      state: this optimizer's state.
-
-    Returns:
-      ``(updates, new_state)``; apply with `optax.apply_updates`.
-    """
-    _, new_state, updates = self._jit_step(self._scaled_grads(loss_fn, params), state, params,
-                                           None)
-    return updates, new_state
-
-  def minimize(self, loss_fn, params: optax.Params, state: KerasNadamState):
-    """One step on ``loss_fn``: differentiate (loss scaled), update; pure.
-
-    Args:
-      loss_fn: ``params -> scalar loss``.
-      params: the parameters.
-      state: this optimizer's state.
-
-    Returns:
-      ``(new_params, new_state)``.
-    """
-    new_params, new_state, _ = self._jit_step(self._scaled_grads(loss_fn, params), state,
-                                              params, None)
-    return new_params, new_state
 
   # ------------------------------------------------------------------ config
   def get_config(self) -> Dict[str, Any]:
@@ -563,6 +333,15 @@ class Nadam(optax.GradientTransformationExtraArgs):
     shown = {k: v for k, v in self._config.items() if v != _keras_config.DEFAULTS.get(k)}
     return "Nadam(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
+
+# The full keyword list for introspection (help, IDEs) and for optax.inject_hyperparams,
+# which binds arguments by signature and cannot see through **kwargs.
+Nadam.__signature__ = inspect.Signature(
+    [inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=v)
+     for k, v in list(_keras_config.DEFAULTS.items())[:5]]
+    + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
+       for k, v in list(_keras_config.DEFAULTS.items())[5:]],
+    return_annotation="Nadam")
 
 # A childless pytree node: jax must not unflatten it as a namedtuple of functions.
 jax.tree_util.register_pytree_node(Nadam, lambda opt: ((), opt), lambda opt, _: opt)

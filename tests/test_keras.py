@@ -473,3 +473,24 @@ def test_keras_schedule_configs_match_keras_schedules(class_name, config):
     np.testing.assert_allclose(ours, float(theirs(step)), rtol=2e-6, atol=1e-9,
                                err_msg=f"{class_name} step {step}")
     state = opt.update(_grads(step), state, PARAMS)[1]
+
+
+def test_works_under_inject_hyperparams():
+  tx = optax.inject_hyperparams(Nadam)(learning_rate=0.1, weight_decay=0.01, decay=0.1,
+                                       ema_momentum=0.9, schedule_decay=0.004)
+  ref = Nadam(0.1, weight_decay=0.01, decay=0.1, ema_momentum=0.9)
+
+  @jax.jit
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params, state = PARAMS, tx.init(PARAMS)
+  ref_params, ref_state = PARAMS, ref.init(PARAMS)
+  for t in range(3):
+    params, state = step(params, state, _grads(t))
+    updates, ref_state = ref.update(_grads(t), ref_state, ref_params)
+    ref_params = optax.apply_updates(ref_params, updates)
+  chex.assert_trees_all_close(params, ref_params, rtol=1e-6)
+  state.hyperparams["learning_rate"] = jnp.array(0.0)
+  chex.assert_trees_all_close(step(params, state, _grads(9))[0], params)
