@@ -64,6 +64,8 @@ def test_jit_named_sharding_data_parallel():
 def test_jit_named_sharding_fsdp_state_follows_params_without_all_gather():
   result = _subproc.run_script("_distributed_sharding", ["fsdp", STEPS])
   print("fsdp:", {k: v for k, v in result.items() if "gap" in k or "collect" in k})
+  print("fsdp: m after jax.jit(tx.init) on an Auto mesh, no out_shardings:",
+        result["auto_mesh_jit_init_m"])
   for report in ("at_init", "after_steps", "nadam_update_shardings", "chain_update_shardings"):
     _assert_state_sharded_like_params(result[report], replicated_scalars=report != "at_init")
     for path, leaf in result[report]["leaves"].items():
