@@ -1,14 +1,16 @@
 """One process of a multi-process (multi-controller) data-parallel nadam run on CPU.
 
-Usage: ``_distributed_multiproc.py PROCESS_ID NUM_PROCESSES PORT OUT_NPZ STEPS``
+Usage: ``_distributed_multiproc.py PROCESS_ID NUM_PROCESSES PORT OUT_NPZ STEPS LAYOUT``
 with ``XLA_FLAGS=--xla_force_host_platform_device_count=L`` (L local CPU devices).
 
 Each process joins the coordinator on 127.0.0.1:PORT, builds a mesh over all
 ``NUM_PROCESSES * L`` devices, feeds only its own slice of each global batch
-(`jax.make_array_from_process_local_data`), and takes ``STEPS`` jitted steps with
-replicated params and optimizer state; the gradient mean across processes is an
-all-reduce over the CPU collectives (gloo). It writes the params and optimizer
-state it ends with (its local copy of the replicated arrays) to OUT_NPZ.
+(`jax.make_array_from_process_local_data`), and takes ``STEPS`` jitted steps; the
+cross-process collectives run over the CPU collectives (gloo). LAYOUT ``dp``:
+params and optimizer state replicated. LAYOUT ``fsdp``: every param, and so m and
+v, split over all devices along its first axis, so each process holds only half
+of each. It writes the params and optimizer state it ends with (gathered from all
+processes with `process_allgather` for ``fsdp``) to OUT_NPZ.
 """
 
 import sys
@@ -17,7 +19,7 @@ import _distributed_common as common
 import jax
 import numpy as np
 
-process_id, num_processes, port, out_path, steps = sys.argv[1:6]
+process_id, num_processes, port, out_path, steps, layout = sys.argv[1:7]
 process_id, num_processes, steps = int(process_id), int(num_processes), int(steps)
 
 jax.distributed.initialize(
@@ -26,6 +28,7 @@ jax.distributed.initialize(
 )
 
 import optax  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
@@ -34,16 +37,29 @@ assert jax.process_index() == process_id
 n_global, n_local = jax.device_count(), jax.local_device_count()
 assert n_global == num_processes * n_local, (n_global, n_local)
 
-mesh = jax.make_mesh((n_global,), ("data",), devices=jax.devices())
+# Auto axes: jit propagates the shardings (FSDP's matmuls gather the params by themselves).
+mesh = jax.make_mesh((n_global,), ("data",), devices=jax.devices(),
+                     axis_types=(jax.sharding.AxisType.Auto,))
 replicated = NamedSharding(mesh, P())
 batch_sharding = NamedSharding(mesh, P("data"))
 
+
+
+def param_sharding(a):
+  if layout == "fsdp":
+    return NamedSharding(mesh, P("data", *([None] * (a.ndim - 1))))
+  return replicated
+
+
+def put(a):
+  """A global array from the host copy every process has (each keeps its own shards)."""
+  sharding = param_sharding(a)
+  return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+
 tx = common.make_tx()
-# Every process holds the same host copy; the global array is replicated on all devices.
-params = jax.tree.map(
-    lambda a: jax.make_array_from_process_local_data(replicated, a, a.shape),
-    common.init_params())
-state = jax.jit(tx.init, out_shardings=replicated)(params)
+params = jax.tree.map(put, common.init_params())
+state = tx.init(params)
 
 
 @jax.jit
@@ -67,16 +83,27 @@ for i in range(steps):
   losses.append(float(np.asarray(loss.addressable_data(0))))
 
 
-def local_copy(a):
-  assert a.sharding.is_fully_replicated, a.sharding
-  return np.asarray(a.addressable_data(0))
+nadam_state = state[1][0]
+shardings_follow_params = all(
+    m.sharding.is_equivalent_to(p.sharding, p.ndim) and v.sharding.is_equivalent_to(p.sharding,
+                                                                                     p.ndim)
+    for p, m, v in zip(jax.tree.leaves(params), jax.tree.leaves(nadam_state.m),
+                       jax.tree.leaves(nadam_state.v)))
+# Per param: elements in this process's shards / elements of the param (0.5 for fsdp: half).
+local_fraction = max(sum(s.data.size for s in a.addressable_shards) / a.size
+                     for a in jax.tree.leaves(params))
+if layout == "fsdp":
+  params, state = multihost_utils.process_allgather((params, state), tiled=True)
+else:
+  params, state = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), (params, state))
 
-
-arrays = {"params" + k: v for k, v in common.flat_arrays(jax.tree.map(local_copy, params)).items()}
-arrays.update(
-    {"state" + k: v for k, v in common.flat_arrays(jax.tree.map(local_copy, state)).items()})
+arrays = {"params" + k: v for k, v in common.flat_arrays(params).items()}
+arrays.update({"state" + k: v for k, v in common.flat_arrays(state).items()})
 np.savez(out_path, **arrays)
 common.emit({
+    "layout": layout, "shardings_follow_params": shardings_follow_params,
+    "count_replicated": nadam_state.count.sharding.is_fully_replicated,
+    "local_fraction": local_fraction,
     "process_index": jax.process_index(), "process_count": jax.process_count(),
     "device_count": n_global, "local_device_count": n_local,
     "backend": jax.default_backend(), "jax": jax.__version__,

@@ -98,25 +98,44 @@ def test_shard_map_psum_equals_single_device():
   assert result["zero_update_collectives"] == {}
 
 
+def _run_controllers(n_proc, steps, layout, outs):
+  """Starts ``n_proc`` controllers on a free port; retries once if the port was taken meanwhile."""
+  for attempt in range(2):
+    port = _subproc.free_port()
+    procs = [_subproc.start_script("_distributed_multiproc",
+                                   [i, n_proc, port, outs[i], steps, layout], devices=4)
+             for i in range(n_proc)]
+    try:
+      return [_subproc.finish(p, timeout=150) for p in procs]
+    except AssertionError as e:
+      if attempt or "address already in use" not in str(e).lower():
+        raise
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+          p.communicate()
+
+
 @pytest.mark.slow
-def test_multi_process_two_controllers_on_cpu(tmp_path):
-  """Two processes x 4 CPU devices, one global mesh, gloo collectives, 3 steps."""
+@pytest.mark.parametrize("layout", ["dp", "fsdp"])
+def test_multi_process_two_controllers_on_cpu(layout, tmp_path):
+  """Two processes x 4 CPU devices, one global mesh, gloo collectives, 3 steps.
+
+  ``dp``: params and state replicated on all 8 devices. ``fsdp``: every param, m and v
+  split over all 8, so each process holds half; gathered with `process_allgather` at the end.
+  """
   steps, n_proc = 3, 2
-  port = _subproc.free_port()
   outs = [tmp_path / f"process{i}.npz" for i in range(n_proc)]
-  procs = [_subproc.start_script("_distributed_multiproc", [i, n_proc, port, outs[i], steps],
-                                 devices=4) for i in range(n_proc)]
-  try:
-    results = [_subproc.finish(p, timeout=150) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  print("multi-process:", results)
+  results = _run_controllers(n_proc, steps, layout, outs)
+  print(f"multi-process {layout}:", results)
   for i, r in enumerate(results):
     assert (r["process_index"], r["process_count"]) == (i, n_proc)
     assert (r["device_count"], r["local_device_count"]) == (8, 4)
     assert r["backend"] == "cpu"
+    assert r["shardings_follow_params"] and r["count_replicated"]
+    # fsdp: this process holds exactly its 4 of the 8 shards of every param.
+    assert r["local_fraction"] == (0.5 if layout == "fsdp" else 4.0)
   # Both controllers end with the same bits (params and every state leaf) and losses.
   assert results[0]["losses"] == results[1]["losses"]
   arrays = [dict(np.load(o)) for o in outs]
@@ -127,6 +146,8 @@ def test_multi_process_two_controllers_on_cpu(tmp_path):
   ref_params, ref_state, ref_losses = common.reference_run(steps)
   ref = {**{"params" + k: v for k, v in common.flat_arrays(ref_params).items()},
          **{"state" + k: v for k, v in common.flat_arrays(ref_state).items()}}
-  assert common.max_rel_diff(arrays[0], ref) <= TOL
+  gap = common.max_rel_diff(arrays[0], ref)
+  print(f"multi-process {layout}: both processes bit-identical; gap to single device {gap:.2e}")
+  assert gap <= TOL
   np.testing.assert_allclose(results[0]["losses"], ref_losses, rtol=TOL)
   assert int(arrays[0]["state[1][0].count"]) == steps
