@@ -99,7 +99,7 @@ def normalize(kwargs: Dict[str, Any]) -> Dict[str, Any]:
   kwargs = dict(kwargs)
   if "lr" in kwargs:
     warnings.warn("`lr` is deprecated in Nadam, use `learning_rate` instead.",
-                  DeprecationWarning, stacklevel=4)
+                  DeprecationWarning, stacklevel=3)
     lr = kwargs.pop("lr")
     if kwargs.get("learning_rate", DEFAULTS["learning_rate"]) != DEFAULTS["learning_rate"]:
       raise ValueError("Nadam: pass `learning_rate` or its deprecated alias `lr`, not both.")

@@ -54,3 +54,27 @@ def test_restore_in_fresh_process_continues_bit_identically(layout, tmp_path):
   assert int(saved_arrays["['opt_state'][1][0].count"]) == K
   assert not np.array_equal(saved_arrays["['params']['hidden']['w']"],
                             full_arrays["['params']['hidden']['w']"])
+
+
+@pytest.mark.slow
+def test_flax_nnx_model_and_optimizer_restore_in_fresh_process(tmp_path):
+  # `tests/_distributed_checkpoint_nnx.py`: nnx.state(model) and nnx.state(nnx.Optimizer)
+  # saved with ocp.StandardCheckpointer, restored into a model built from another seed.
+  def run(action):
+    out = tmp_path / f"nnx_{action}.npz"
+    result = _subproc.run_script(
+        "_distributed_checkpoint_nnx", [action, tmp_path / "ckpt", TOTAL, K, out], devices=1)
+    return result, dict(np.load(out))
+
+  full, full_arrays = run("full")
+  saved, saved_arrays = run("save")
+  resumed, resumed_arrays = run("resume")
+  assert (saved["step"], resumed["restored_step"], resumed["step"]) == (K, K, TOTAL)
+  assert full["step"] == TOTAL
+  assert sorted(resumed_arrays) == sorted(full_arrays)
+  assert any(".mu_product" in key or "mu_product" in key for key in full_arrays), list(full_arrays)
+  for key, value in full_arrays.items():
+    assert resumed_arrays[key].dtype == value.dtype, key
+    assert np.array_equal(resumed_arrays[key], value), key
+  moved = [k for k in full_arrays if k.startswith("['model']")]
+  assert moved and any(not np.array_equal(saved_arrays[k], full_arrays[k]) for k in moved)

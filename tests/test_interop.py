@@ -8,6 +8,7 @@ import. `pytest -s tests/test_interop.py` prints every measured gap.
 """
 
 
+import chex
 import jax
 import jax.numpy as jnp
 import keras
@@ -140,9 +141,9 @@ def test_torch_import_continues_trajectory(case, from_state_dict):
   ours, _ = _continue(tx, state, mid, grads[N:])
   theirs = peer.run(grads[N:])
   assert _gap(ours, theirs, f"import from torch, {case}") <= TOL
-  if case == "default":
+  if case == "default" and not from_state_dict:
     fresh, _ = _continue(tx, tx.init(mid), mid, grads[N:])
-    assert max_rel_gap(fresh, theirs, param_scale(theirs)) > 100 * TOL
+    assert _gap(fresh, theirs, "control: fresh tx.init instead of torch's state") > 100 * TOL
   if case == "lr_schedule":
     unsynced = interop.state_from_torch(source, tx, mid, sync_schedules=False)
     drift, _ = _continue(tx, unsynced, mid, grads[N:])
@@ -223,7 +224,7 @@ def test_keras3_import_continues_trajectory(case):
   assert _gap(ours, theirs, f"import from Keras 3, {case}") <= TOL
   if case == "default":
     fresh, _ = _continue(tx, tx.init(mid), mid, grads[n:])
-    assert max_rel_gap(fresh, theirs, param_scale(theirs)) > 100 * TOL
+    assert _gap(fresh, theirs, "control: fresh tx.init instead of Keras 3's state") > 100 * TOL
   if "ema" in case:
     their_ema = [np.array(v.numpy()) for v in peer.opt._model_variables_moving_average]
     gap = max_rel_gap([jax.tree.leaves(final.ema)], [their_ema], param_scale(theirs))
@@ -276,13 +277,14 @@ def test_keras3_ema_without_a_place_warns():
 class _Legacy:
   """tf_keras.optimizers.legacy.Nadam, the seed's class, on tf.Variables."""
 
-  def __init__(self, params, **kwargs):
+  def __init__(self, params, legacy=True, **kwargs):
     import tensorflow as tf
     import tf_keras
 
     self.tf = tf
     self.vs = [tf.Variable(np.array(x), name=f"w{i}") for i, x in enumerate(params)]
-    self.opt = tf_keras.optimizers.legacy.Nadam(**{"learning_rate": LR, **kwargs})
+    cls = tf_keras.optimizers.legacy.Nadam if legacy else tf_keras.optimizers.Nadam
+    self.opt = cls(**{"learning_rate": LR, **kwargs})
 
   def run(self, grads):
     history = []
@@ -322,7 +324,21 @@ def test_tf_keras_legacy_import_continues_trajectory(case):
   assert _gap(ours, theirs, f"import from tf-keras legacy, {case}") <= TOL
   if case == "default":
     fresh, _ = _continue(tx, tx.init(mid), mid, grads[N:])
-    assert max_rel_gap(fresh, theirs, param_scale(theirs)) > 100 * TOL
+    assert _gap(fresh, theirs, "control: fresh tx.init instead of tf-keras legacy's state") > (
+        100 * TOL)
+
+
+def test_tf_keras_non_legacy_nadam_import_continues_trajectory():
+  # tf_keras.optimizers.Nadam (TF 2.11+) has Keras 3's layout and psi = 1.
+  params, grads = _problem()
+  peer = _Legacy(params, legacy=False)
+  peer.run(grads[:N])
+  mid = peer.params()
+  tx = optax_nadam.nadam(LR, momentum_decay=1.0)
+  state = interop.state_from_keras(peer.opt, tx, mid)
+  ours, _ = _continue(tx, state, mid, grads[N:])
+  theirs = peer.run(grads[N:])
+  assert _gap(ours, theirs, "import from tf_keras.optimizers.Nadam (non-legacy)") <= TOL
 
 
 def test_tf_keras_legacy_var_list_and_mismatches():
@@ -385,8 +401,7 @@ def test_torch_never_stepped_parameter():
   tx = optax_nadam.nadam(LR, eps=1e-8)
   fresh = _Torch(params)
   state = interop.state_from_torch(fresh.opt, tx, params)  # no state at all: tx.init
-  chex_close = jax.tree.map(np.testing.assert_array_equal, state, tx.init(params))
-  assert chex_close is not None
+  chex.assert_trees_all_equal(state, tx.init(params))
   peer = _Torch(params)
   peer.step(grads[0], skip={1})
   with pytest.raises(ValueError, match=r"torch parameter 1 .*no optimizer state .*taken 1 steps"):
@@ -474,7 +489,7 @@ def test_torch_import_copies_instead_of_sharing_memory():
   state = interop.state_from_torch(peer.opt, tx, peer.params())
   before = jax.tree.map(np.array, state)
   peer.run(grads[3:6])  # torch updates its state tensors in place
-  jax.tree.map(np.testing.assert_array_equal, state, before)
+  chex.assert_trees_all_equal(state, before)
 
 
 @pytest.mark.parametrize("dtype,mu_dtype", [(jnp.float32, jnp.bfloat16), (jnp.bfloat16, None),
@@ -505,7 +520,7 @@ def test_torch_export_continues_our_trajectory_and_round_trips():
   peer = _Torch(mid)
   interop.state_to_torch(state, mid, peer.opt)
   back = interop.state_from_torch(peer.opt, tx, mid)
-  jax.tree.map(np.testing.assert_array_equal, back, state)
+  chex.assert_trees_all_equal(back, state)
   ours, _ = _continue(tx, state, mid, grads[N:])
   theirs = peer.run(grads[N:])
   assert _gap(ours, theirs, "export to torch") <= TOL
@@ -521,7 +536,7 @@ def test_keras3_export_continues_our_trajectory_and_round_trips():
   peer = _Keras3(mid)
   interop.state_to_keras(state, mid, peer.opt, var_list=peer.vs)
   back = interop.state_from_keras(peer.opt, tx, mid)
-  jax.tree.map(np.testing.assert_array_equal, back, state)
+  chex.assert_trees_all_equal(back, state)
   ours, _ = _continue(tx, state, mid, grads[N:])
   theirs = peer.run(grads[N:])
   assert _gap(ours, theirs, "export to Keras 3") <= TOL
@@ -536,7 +551,7 @@ def test_tf_keras_legacy_export_continues_our_trajectory_and_round_trips():
     interop.state_to_keras(state, mid, peer.opt)
   interop.state_to_keras(state, mid, peer.opt, var_list=peer.vs)
   back = interop.state_from_keras(peer.opt, tx, mid)
-  jax.tree.map(np.testing.assert_array_equal, back, state)
+  chex.assert_trees_all_equal(back, state)
   ours, _ = _continue(tx, state, mid, grads[N:])
   theirs = peer.run(grads[N:])
   assert _gap(ours, theirs, "export to tf-keras legacy") <= TOL
