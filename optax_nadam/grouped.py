@@ -1,8 +1,7 @@
 """`grouped`: run an elementwise optimizer on small leaves packed into one buffer per dtype.
 
 A jitted step pays a fixed cost for every array it takes in and, above all, for
-every array it gives back (~2.5 us each on XLA:CPU, measured by
-`benchmarks/run.py`): with 2000 bias- and norm-sized leaves an Adam-family step
+every array it gives back: with 2000 bias- and norm-sized leaves an Adam-family step
 returns 6000 arrays (params, m, v) and that cost, not arithmetic, sets its time.
 `grouped(tx)` keeps the optimizer state of all small leaves of one dtype in one
 1-D buffer, so the step returns only the params plus a few buffers; large leaves
