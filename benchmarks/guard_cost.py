@@ -1,8 +1,10 @@
 """Cost of the numerical guards in `scale_by_nadam` (v saturation, 0/0 -> 0).
 
-Compares `optax_nadam/transform.py` at the commit that added the guards
-(9ffd41d) with the same file at its parent (a16bcc7), both read from git so
-later changes to transform.py do not blur the comparison. Each regime times a
+Compares `optax_nadam/transform.py` as of c7b7e0a (the guards in their current
+form: v saturated with a compare + select; 9ffd41d added them with
+`jnp.minimum`, which XLA:CPU fused badly) with the file before any guard
+(a16bcc7), both read from git so later changes to transform.py do not blur the
+comparison. Each regime times a
 jitted ``update`` + ``apply_updates`` step of both versions interleaved in the
 same process and prints the medians and their ratio (guarded / unguarded).
 ``eps=0`` exercises the extra ``where(denom == 0, 0, step)``.
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-GUARDED, UNGUARDED = "9ffd41d", "a16bcc7"
+GUARDED, UNGUARDED = "c7b7e0a", "a16bcc7"
 REGIMES = {
     "10 x 1M": [(1_000_000,)] * 10,
     "1000 x 10k": [(10_000,)] * 1000,
