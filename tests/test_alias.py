@@ -89,5 +89,8 @@ def test_learning_rate_may_be_a_jax_scalar_or_schedule():
 
 
 def test_public_api():
-  assert set(optax_nadam.__all__) == {"ScaleByNadamState", "nadam", "nadamw", "scale_by_nadam"}
+  assert set(optax_nadam.__all__) == {
+      "ScaleByNadamState", "nadam", "nadamw", "scale_by_nadam",
+      "grouped", "GroupedLeaves", "GroupedState", "group_state", "ungroup_state"}
+  assert all(hasattr(optax_nadam, name) for name in optax_nadam.__all__)
   assert isinstance(optax_nadam.__version__, str)
