@@ -157,8 +157,15 @@ def grouped(
     return GroupedState(inner.init(_pack(params, max_leaf_size)))
 
   def update_fn(updates, state, params=None):
+    packed_updates = _pack(updates, max_leaf_size)
+    nodes = [x for x in jax.tree.leaves(state.inner, is_leaf=_is_grouped) if _is_grouped(x)]
+    if nodes and sorted(nodes[0].groups) != sorted(packed_updates.groups):
+      raise ValueError(
+          f"grouped: the gradients' small leaves form the dtype groups "
+          f"{sorted(packed_updates.groups)}, the state was grouped as {sorted(nodes[0].groups)}. "
+          "Gradients must have their params' dtypes and tree (cast them before this step).")
     packed_params = None if params is None else _pack(params, max_leaf_size)
-    steps, inner_state = inner.update(_pack(updates, max_leaf_size), state.inner, packed_params)
+    steps, inner_state = inner.update(packed_updates, state.inner, packed_params)
     return _unpack(steps, updates, max_leaf_size), GroupedState(inner_state)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -199,6 +199,9 @@ def test_bad_input_is_refused_with_the_reason():
     optax_nadam.ungroup_state(state, dict(params, embed=jnp.zeros(4097)))
   with pytest.raises(ValueError, match="shape"):
     tx.update(_grads(other, 0), state, other)
+  f16_grads = jax.tree.map(lambda g: g.astype(jnp.float16), _grads(params, 0))
+  with pytest.raises(ValueError, match=r"dtype groups \['float16'\], the state was grouped as"):
+    tx.update(f16_grads, state, params)
   with pytest.raises(ValueError, match="two or more leaves"):
     optax_nadam.group_state(optax_nadam.nadam().init(jnp.ones(3)), jnp.ones(3))
 
