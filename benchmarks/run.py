@@ -56,7 +56,7 @@ QUICK = {
 }
 
 
-def time_regime(key, rounds, target_s, contestants, verbose=True):
+def time_regime(key, rounds, target_s, contestants):
   """Median, min and max seconds per step for every contestant on one regime.
 
   Args:
@@ -96,9 +96,8 @@ def time_regime(key, rounds, target_s, contestants, verbose=True):
                  "max": scale * float(np.max(xs))}
   del runs
   gc.collect()
-  if verbose:
-    print("    set-up + first 2 steps (s): "
-          + ", ".join(f"{k} {v:.1f}" for k, v in setup.items()), flush=True)
+  print("    set-up + first 2 steps (s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in setup.items()), flush=True)
   return out
 
 
@@ -164,8 +163,7 @@ def state_bytes():
   for name, tx in txs.items():
     state = jax.eval_shape(tx.init, params)
     s_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-    out[name] = {"ratio": s_bytes / p_bytes, "extra_bytes": s_bytes - 2 * p_bytes
-                 if "bfloat16" not in name else s_bytes - 1.5 * p_bytes}
+    out[name] = {"ratio": s_bytes / p_bytes, "state_bytes": s_bytes, "param_bytes": p_bytes}
   return out
 
 
