@@ -57,17 +57,22 @@ def problem(shapes, dtype):
   return params, grads
 
 
-def _jax_step(make_tx, params, grads):
-  tx = make_tx()
-  p = [jnp.array(x) for x in params]
-  g = [jnp.array(x) for x in grads]
-  s = tx.init(p)
+def step_fn(tx):
+  """The timed step of a jax contestant: ``(params, state, grads) -> (params, state)``."""
 
   def step(p, s, g):
     u, s = tx.update(g, s, p)
     return optax.apply_updates(p, u), s
 
-  fn = jax.jit(step, donate_argnums=(0, 1))
+  return step
+
+
+def _jax_step(make_tx, params, grads):
+  tx = make_tx()
+  p = [jnp.array(x) for x in params]
+  g = [jnp.array(x) for x in grads]
+  s = tx.init(p)
+  fn = jax.jit(step_fn(tx), donate_argnums=(0, 1))
   box = [p, s]
 
   def run(n):
