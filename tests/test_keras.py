@@ -17,7 +17,7 @@ import optax
 import pytest
 
 import optax_nadam
-import optax_nadam.keras as keras_mod
+import optax_nadam.keras.optimizer as keras_mod
 from optax_nadam import ScaleByNadamState
 from optax_nadam.keras import KerasNadamState, Nadam
 

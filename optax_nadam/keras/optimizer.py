@@ -52,9 +52,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_nadam import _keras_config, _keras_schedules
-from optax_nadam._keras_methods import KerasMethods
-from optax_nadam._keras_state import find_nadam_state, leaf_names, map_special_nodes
+from optax_nadam.keras import config as _keras_config
+from optax_nadam.keras import schedules as _keras_schedules
+from optax_nadam.keras.methods import KerasMethods
+from optax_nadam.keras.state import find_nadam_state, leaf_names, map_special_nodes
 from optax_nadam.transform import scale_by_nadam
 
 __all__ = ["KerasNadamState", "Nadam"]

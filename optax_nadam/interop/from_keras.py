@@ -5,7 +5,7 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 import optax
 
-from optax_nadam._interop_core import (
+from optax_nadam.interop.build import (
   PeerExtras,
   PeerSlot,
   build_state,

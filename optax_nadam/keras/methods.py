@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_nadam._keras_state import (
+from optax_nadam.keras.state import (
     find_nadam_state,
     leaf_names,
     weights_from_state,

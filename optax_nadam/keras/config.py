@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_nadam import _keras_schedules
+from optax_nadam.keras import schedules as _keras_schedules
 
 # Constructor order: the first five are Nadam's positional parameters.
 DEFAULTS: Dict[str, Any] = {

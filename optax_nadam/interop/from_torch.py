@@ -6,7 +6,7 @@ from typing import Any, List, Mapping
 
 import optax
 
-from optax_nadam._interop_core import (
+from optax_nadam.interop.build import (
     PeerSlot,
     build_state,
     param_paths,

@@ -25,7 +25,7 @@ arrays and numbers only; never pass the output of ``torch.load`` of an untrusted
 file without ``weights_only=True``.
 """
 
-from optax_nadam._interop_keras import state_from_keras, state_to_keras
-from optax_nadam._interop_torch import state_from_torch, state_to_torch
+from optax_nadam.interop.from_keras import state_from_keras, state_to_keras
+from optax_nadam.interop.from_torch import state_from_torch, state_to_torch
 
 __all__ = ["state_from_keras", "state_from_torch", "state_to_keras", "state_to_torch"]

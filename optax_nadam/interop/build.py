@@ -204,7 +204,7 @@ def _params_like(name: str, arrays: Sequence[np.ndarray], like: Any, slots) -> A
 
 def _fill_extras(state: Any, count: int, extras: PeerExtras, slots) -> Any:
   """Gradient accumulation (`optax.MultiSteps`) and Keras-front EMA state."""
-  from optax_nadam.keras import KerasNadamState  # the front imports nothing of ours here
+  from optax_nadam.keras.optimizer import KerasNadamState  # the front imports nothing of ours here
 
   multi = [x for x in jax.tree.leaves(state, is_leaf=_is_multisteps) if _is_multisteps(x)]
   pending = extras.mini_step != 0 or any(
