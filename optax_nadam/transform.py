@@ -34,6 +34,27 @@ class ScaleByNadamState(NamedTuple):
   v: optax.Updates  # second moment, the param's dtype
 
 
+def momentum_coefficient(b1: float, momentum_decay: float, t: float) -> float:
+  """The momentum schedule ``mu_t = b1 * (1 - 0.5 * 0.96 ** (momentum_decay * t))``.
+
+  The one copy of the schedule outside the jitted update, in Python float64,
+  for code that checks or builds state (e.g. `optax_nadam.interop`).
+
+  Args:
+    b1: base momentum coefficient.
+    momentum_decay: ``psi`` of the schedule.
+    t: the step, 1 for the first update.
+
+  Returns:
+    ``mu_t`` as a Python float.
+
+  References:
+    Dozat, 2016, "Incorporating Nesterov Momentum into Adam"; TF/Keras
+    documentation of `tf.keras.optimizers.Nadam`.
+  """
+  return float(b1) * (1.0 - 0.5 * math.exp(float(momentum_decay) * float(t) * _LOG_096))
+
+
 def _scalar(x: Any, fn) -> Any:
   """`fn(x, np)` in float64 rounded once to float32 when `x` is concrete.
 

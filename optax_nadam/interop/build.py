@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_nadam.transform import ScaleByNadamState
+from optax_nadam.transform import ScaleByNadamState, momentum_coefficient
 
 _INT32_MAX = np.iinfo(np.int32).max
 # The next momentum coefficient of tx and of the peer agree to float32 rounding
@@ -269,7 +269,7 @@ def _check_schedule(tx, state, params, slots, owners) -> None:
     ours = float(new.mu_product)
     for i in held:
       s = slots[i]
-      theirs = s.b1 * (1.0 - 0.5 * 0.96 ** (s.psi * t))
+      theirs = momentum_coefficient(s.b1, s.psi, t)
       if not math.isclose(ours, theirs, rel_tol=_SCHEDULE_RTOL):
         raise ValueError(
             f"tx's momentum schedule gives mu_{t} = {ours:.7g} but the peer's (beta_1 = "
