@@ -24,13 +24,11 @@ from typing import Any, Dict, Mapping
 import jax
 import numpy as np
 
+from optax_nadam import _tree
+from optax_nadam._tree import path_str as _path_str
 from optax_nadam.transform import ScaleByNadamState
 
 _MAX_LISTED = 5
-
-
-def _path_str(path) -> str:
-  return jax.tree_util.keystr(path) or "<root>"
 
 
 def _listed(paths) -> str:
@@ -100,19 +98,13 @@ def check_state(state: Any, like: Any, *, finite: bool = True) -> Any:
       if not np.all(np.isfinite(np.asarray(x))):
         raise ValueError(f"The state leaf at {where} holds NaN or Inf.")
 
-  is_nadam = lambda x: isinstance(x, ScaleByNadamState)  # noqa: E731
-  for path, node in jax.tree_util.tree_flatten_with_path(state, is_leaf=is_nadam)[0]:
-    if not is_nadam(node) or isinstance(node.count, jax.core.Tracer):
+  for path, node in _tree.find_nodes(state, ScaleByNadamState):
+    if isinstance(node.count, jax.core.Tracer):
       continue
     where = _path_str(path)
     if int(node.count) < 0:
       raise ValueError(f"{where}.count is {int(node.count)}; a step count is >= 0.")
-    mu_product = float(node.mu_product)
-    if not 0.0 <= mu_product <= 1.0:
-      raise ValueError(
-          f"{where}.mu_product is {mu_product}; a product of momentum coefficients in "
-          "[0, 1) lies in [0, 1]."
-      )
+    _tree.check_mu_product(float(node.mu_product), f"{where}.mu_product")
   return state
 
 

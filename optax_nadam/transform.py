@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from optax_nadam import _validation
+from optax_nadam._tree import path_str as _path_str
 
 _LOG_096 = math.log(0.96)  # float64; the schedule is 0.96 ** (psi * t).
 
@@ -68,10 +69,6 @@ def _scalar(x: Any, fn) -> Any:
     return fn(jnp.asarray(x, jnp.float32), jnp)
   with np.errstate(divide="ignore"):
     return np.float32(fn(np.float64(value), np))
-
-
-def _path_str(path) -> str:
-  return jax.tree_util.keystr(path) or "<root>"
 
 
 def _check_updates(updates, moments) -> None:

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_nadam import _tree
+from optax_nadam._tree import path_str as _path_str
 from optax_nadam.transform import ScaleByNadamState, momentum_coefficient
 
 _INT32_MAX = np.iinfo(np.int32).max
@@ -48,30 +50,12 @@ class PeerExtras(NamedTuple):
   ema: Optional[List[np.ndarray]] = None  # moving averages of the variables, or None
 
 
-def _path_str(path) -> str:
-  return jax.tree_util.keystr(path) or "<root>"
-
-
-def _is_nadam(x: Any) -> bool:
-  return isinstance(x, ScaleByNadamState)
-
-
 def find_nadam_states(state: Any) -> List[Tuple[Any, ScaleByNadamState]]:
-  """All `ScaleByNadamState` nodes of an optax state, with their tree paths.
-
-  Args:
-    state: any optax state pytree (e.g. ``tx.init(params)``).
-
-  Returns:
-    A list of ``(path, node)`` in tree order.
-  """
-  flat = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_nadam)[0]
-  return [(path, node) for path, node in flat if _is_nadam(node)]
+  """All `ScaleByNadamState` nodes of an optax state, with their tree paths."""
+  return _tree.find_nodes(state, ScaleByNadamState)
 
 
-def param_paths(params: Any) -> List[str]:
-  """`jax.tree_util.keystr` path of every leaf of `params`, in leaf order."""
-  return [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+param_paths = _tree.leaf_paths
 
 
 def _owners(state: Any, params: Any) -> List[Tuple[Any, List[int]]]:
@@ -169,10 +153,8 @@ def _node_scalars(slots: Sequence[PeerSlot], held: Sequence[int], node_where: st
 
 
 def _replace_at(tree: Any, path: Any, new: Any) -> Any:
-  """`tree` with the node at `path` (a `tree_flatten_with_path` path) replaced."""
-  flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_nadam)
-  leaves = [new if p == path else x for p, x in flat]
-  return jax.tree_util.tree_unflatten(treedef, leaves)
+  """`tree` with the `ScaleByNadamState` at `path` replaced by `new`."""
+  return _tree.map_nodes(tree, ScaleByNadamState, lambda p, x: new if p == path else x)
 
 
 _COUNTERS = (optax.ScaleByScheduleState, optax.InjectHyperparamsState,
@@ -191,10 +173,6 @@ def _sync_counters(state: Any, count: int) -> Any:
   return jax.tree.map(fix, state, is_leaf=is_counter)
 
 
-def _is_multisteps(x: Any) -> bool:
-  return isinstance(x, optax.MultiStepsState)
-
-
 def _params_like(name: str, arrays: Sequence[np.ndarray], like: Any, slots) -> Any:
   """A tree shaped like `like` (params-shaped) from per-leaf peer arrays."""
   leaves, treedef = jax.tree.flatten(like)
@@ -206,7 +184,7 @@ def _fill_extras(state: Any, count: int, extras: PeerExtras, slots) -> Any:
   """Gradient accumulation (`optax.MultiSteps`) and Keras-front EMA state."""
   from optax_nadam.keras.optimizer import KerasNadamState  # the front imports nothing of ours here
 
-  multi = [x for x in jax.tree.leaves(state, is_leaf=_is_multisteps) if _is_multisteps(x)]
+  multi = _tree.find_nodes(state, optax.MultiStepsState)
   pending = extras.mini_step != 0 or any(
       np.any(a != 0) for a in (extras.accumulators or []))
   if pending and not multi:
@@ -218,9 +196,7 @@ def _fill_extras(state: Any, count: int, extras: PeerExtras, slots) -> Any:
   if len(multi) > 1:
     raise ValueError("tx holds several optax.MultiSteps; cannot tell which one to fill.")
 
-  def fix(node):
-    if not _is_multisteps(node):
-      return node
+  def fix(_, node):
     acc = node.acc_grads
     if extras.accumulators is not None:
       acc = _params_like("accumulated gradient", extras.accumulators, acc, slots)
@@ -231,7 +207,7 @@ def _fill_extras(state: Any, count: int, extras: PeerExtras, slots) -> Any:
         gradient_step=jnp.asarray(count, node.gradient_step.dtype),
         acc_grads=acc)
 
-  state = jax.tree.map(fix, state, is_leaf=_is_multisteps)
+  state = _tree.map_nodes(state, optax.MultiStepsState, fix)
   has_ema = isinstance(state, KerasNadamState) and not isinstance(state.ema, optax.EmptyState)
   if extras.ema is not None and has_ema:
     state = state._replace(ema=_params_like("EMA average", extras.ema, state.ema, slots))
@@ -319,11 +295,7 @@ def build_state(
     count, mu_product = _node_scalars(slots, held, f"the scale_by_nadam at "
                                       f"{_path_str(node_path)}")
     # 0 is legitimate: float32 underflow after ~900 steps at b1 = 0.9, or b1 = 0.
-    if not 0.0 <= mu_product <= 1.0:
-      raise ValueError(
-          f"{slots[held[0]].where}: mu_product {mu_product} is not a product of "
-          f"{count} momentum coefficients in (0, 1)."
-      )
+    _tree.check_mu_product(mu_product, f"{slots[held[0]].where}: mu_product")
     if count == 0 and mu_product != 1.0:
       raise ValueError(
           f"{slots[held[0]].where}: step count 0 but mu_product {mu_product} (expected 1)."

@@ -6,13 +6,14 @@ from typing import Any, List, Mapping
 
 import optax
 
+from optax_nadam import _tree
 from optax_nadam.interop.build import (
-    PeerSlot,
-    build_state,
-    param_paths,
-    read_state,
-    to_array,
-    to_scalar,
+  PeerSlot,
+  build_state,
+  param_paths,
+  read_state,
+  to_array,
+  to_scalar,
 )
 
 _TORCH_STATE_KEYS = ("step", "mu_product", "exp_avg", "exp_avg_sq")
@@ -137,11 +138,7 @@ def state_from_torch(
       if step < 0 or step != int(step):
         raise ValueError(f"{where}: step is {step}; a step count is an integer >= 0.")
       mu_product = to_scalar(entry["mu_product"], f"{where} mu_product")
-      if not 0.0 <= mu_product <= 1.0:
-        raise ValueError(
-            f"{where}: mu_product is {mu_product}; a product of momentum coefficients in "
-            "[0, 1) lies in [0, 1]."
-        )
+      _tree.check_mu_product(mu_product, f"{where}: mu_product")
       slots.append(PeerSlot(
           where, int(step), mu_product, to_array(entry["exp_avg"], f"{where} exp_avg"),
           to_array(entry["exp_avg_sq"], f"{where} exp_avg_sq"), b1, psi))

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_nadam import _tree
 from optax_nadam.keras.state import (
     find_nadam_state,
     leaf_names,
@@ -79,7 +80,7 @@ class KerasMethods:
     tree = nadam.m if slot_name == "m" else nadam.v
     leaves = jax.tree.leaves(tree)
     names = leaf_names(tree)
-    keystrs = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    keystrs = _tree.leaf_paths(tree)
     if isinstance(var, (int, np.integer)) and not isinstance(var, bool):
       if not -len(leaves) <= int(var) < len(leaves):
         raise ValueError(f"get_slot: index {var} out of range for {len(leaves)} parameters.")
@@ -137,10 +138,8 @@ class KerasMethods:
     """
     nadam = find_nadam_state(state)
     out = [nadam.count, nadam.mu_product, *jax.tree.leaves(nadam.m), *jax.tree.leaves(nadam.v)]
-    for node in jax.tree.leaves(state.core,
-                                is_leaf=lambda x: isinstance(x, optax.MultiStepsState)):
-      if isinstance(node, optax.MultiStepsState):
-        out += jax.tree.leaves(node.acc_grads)
+    for _, node in _tree.find_nodes(state.core, optax.MultiStepsState):
+      out += jax.tree.leaves(node.acc_grads)
     return out + jax.tree.leaves(state.ema)
 
   def apply_gradients(self, grads_and_vars, state: Any):

@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_nadam import _tree
 from optax_nadam.keras import config as _keras_config
 from optax_nadam.keras import schedules as _keras_schedules
 from optax_nadam.keras.methods import KerasMethods
@@ -237,9 +238,7 @@ class Nadam(KerasMethods, optax.GradientTransformationExtraArgs):
     nadam = find_nadam_state(state)
     step = nadam.count
     if self._k > 1:
-      multi = [s for s in jax.tree.leaves(
-          state.core, is_leaf=lambda x: isinstance(x, optax.MultiStepsState))
-          if isinstance(s, optax.MultiStepsState)][0]
+      multi = _tree.find_one(state.core, optax.MultiStepsState, "pass this optimizer's state.")
       step = step * self._k + multi.mini_step
     return step
 

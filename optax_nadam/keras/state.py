@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_nadam import _tree
 from optax_nadam.transform import ScaleByNadamState
 
 
@@ -26,32 +27,11 @@ def find_nadam_state(state: Any) -> ScaleByNadamState:
   Raises:
     ValueError: there is none, or more than one.
   """
-  found = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, ScaleByNadamState))
-           if isinstance(x, ScaleByNadamState)]
-  if len(found) != 1:
-    raise ValueError(f"expected exactly one ScaleByNadamState in the optimizer state, found "
-                     f"{len(found)}; pass the state returned by this optimizer's init().")
-  return found[0]
+  return _tree.find_one(state, ScaleByNadamState,
+                        "pass the state returned by this optimizer's init().")
 
 
-def _key_name(key: Any) -> str:
-  for attr in ("key", "idx", "name"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def leaf_names(tree: Any) -> List[str]:
-  """Each leaf's path with its keys joined by "/" (``dense/kernel``, ``0``).
-
-  Args:
-    tree: a pytree.
-
-  Returns:
-    One name per leaf, in `jax.tree.leaves` order.
-  """
-  paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return ["/".join(_key_name(k) for k in path) or "<root>" for path, _ in paths]
+leaf_names = _tree.leaf_names
 
 
 def map_special_nodes(new: Any, old: Any, keep: Callable[[Any, Any], Any]) -> Any:
