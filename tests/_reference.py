@@ -172,15 +172,6 @@ def max_rel_gap(history_a, history_b, scale_of):
   return gap
 
 
-def max_abs_error(history, reference):
-  """Max over steps and leaves of |x - ref| (float64)."""
-  return max(
-      float(np.max(np.abs(np.asarray(a, np.float64) - b), initial=0.0))
-      for step_a, step_r in zip(history, reference, strict=True)
-      for a, b in zip(step_a, step_r, strict=True)
-  )
-
-
 def run_ours(tx, params, grads):
   """Our optimizer `tx` (jitted step) on the gradient sequence."""
   import jax
