@@ -26,13 +26,23 @@ def make_problem(shapes, steps, seed=0, grad_scales=True):
   return params, grads
 
 
-def peers_md_problem(steps=200):
+def peers_md_problem(steps=200, seed=0):
   """The precision problem of shared/PEERS.md: mixed shapes, per-draw scales.
 
-  Seed 0; the draw order (all params, then per step per leaf a normal then a
-  scale) is part of the problem's definition.
+  Seed 0 is the PEERS.md problem; other seeds draw more problems of the same
+  kind. The draw order (all params, then per step per leaf a normal then a
+  scale) is part of the problem's definition, so the first k steps of a longer
+  problem are the k-step problem.
+
+  Args:
+    steps: number of gradient steps to draw.
+    seed: seed of ``np.random.default_rng``.
+
+  Returns:
+    ``(params, grads)``: float32 leaves of shapes (5, 7), (11,), (2, 3, 4), ()
+    and ``steps`` lists of float32 gradients of those shapes.
   """
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   shapes = [(5, 7), (11,), (2, 3, 4), ()]
   params = [rng.normal(size=s).astype(np.float32) for s in shapes]
   grads = [
@@ -60,8 +70,15 @@ def reference_nadam(
     eps_root=0.0,
     weight_decay=0.0,
     decoupled=False,
+    param_dtype=None,
 ):
-  """The seed's NAdam in float64; returns the params after every step."""
+  """The seed's NAdam in float64; returns the params after every step.
+
+  With ``param_dtype`` (e.g. ``np.float32``) the params are rounded to it after
+  every step and everything else stays float64: the error that the storage of
+  the params alone causes, the floor of any implementation that keeps them in
+  that dtype.
+  """
   p = [_to64(x) for x in params]
   m = [np.zeros_like(x) for x in p]
   v = [np.zeros(np.shape(x), np.float64) for x in p]
@@ -81,6 +98,8 @@ def reference_nadam(
       v[i] = b2 * v[i] + (1 - b2) * np.abs(g) ** 2
       m_bar = (1 - mu_t) * g / (1 - prod) + mu_next * m[i] / (1 - prod * mu_next)
       p[i] = p[i] - lr * m_bar / (np.sqrt(v[i] / (1 - b2**t) + eps_root) + eps)
+      if param_dtype is not None:
+        p[i] = _to64(np.asarray(p[i]).astype(param_dtype))
     history.append([x.copy() for x in p])
   return history
 
@@ -151,15 +170,6 @@ def max_rel_gap(history_a, history_b, scale_of):
                     initial=0.0)
       gap = max(gap, diff / scale_of[i])
   return gap
-
-
-def max_abs_error(history, reference):
-  """Max over steps and leaves of |x - ref| (float64)."""
-  return max(
-      float(np.max(np.abs(np.asarray(a, np.float64) - b), initial=0.0))
-      for step_a, step_r in zip(history, reference, strict=True)
-      for a, b in zip(step_a, step_r, strict=True)
-  )
 
 
 def run_ours(tx, params, grads):

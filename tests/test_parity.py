@@ -95,24 +95,71 @@ def test_keras3_golden_values():
   assert np.max(np.abs(np.stack([s[0] for s in seed]) - golden)) > 1e-2
 
 
+FLOAT32_SEEDS = range(1, 13)  # 12 problems of the PEERS.md kind (seed 0 is PEERS.md's own)
+
+
+SMALL_PARAM = 0.3  # |param| below which the params' own rounding is small next to a step's
+
+
+def _final_diff(final, reference):
+  """x - reference over every element of the final params, flattened (float64)."""
+  return np.concatenate([
+      np.ravel(np.asarray(a, np.float64) - b) for a, b in zip(final, reference, strict=True)])
+
+
 @pytest.mark.slow
-def test_float32_error_at_most_best_peer():
-  # Final params after 200 steps at lr 1e-2 against the float64 formulas, on
-  # the PEERS.md problem. Most of every implementation's error is the float32
-  # rounding of the params themselves (~6e-8 |p| a step, the same for all);
-  # what differs is the precision of the per-step scalars, tested on its own
-  # in test_transform.py::test_per_step_scalars_are_float64_accurate.
+def test_float32_error_at_the_float32_floor():
+  # Final params after 200 steps at lr 1e-2 against the float64 formulas, over
+  # 12 problems (seeds 1-12 of the PEERS.md generator): one problem decides
+  # nothing, its ranking flips from seed to seed. "floor" is the float64
+  # formulas with only the params stored in float32 after every step: the
+  # error that keeping float32 params costs any implementation. What an
+  # optimizer adds on top is the precision of its per-step scalars, tested on
+  # its own in test_transform.py::test_per_step_scalars_are_float64_accurate.
   hp = dict(lr=1e-2, b1=0.9, b2=0.999, eps=1e-7, momentum_decay=0.004)
-  params, grads = ref.peers_md_problem(STEPS)
-  reference = ref.reference_nadam(params, grads, **hp)[-1:]
-  errors = {
-      "ours": ref.max_abs_error(_ours(hp, params, grads)[-1:], reference),
-      "torch": ref.max_abs_error(ref.run_torch(params, grads, **hp)[-1:], reference),
-      "tf_keras_legacy": ref.max_abs_error(
-          ref.run_tf_legacy(params, grads, **hp)[-1:], reference),
-  }
-  print("float32 error vs float64 after 200 steps:", errors)
-  assert errors["ours"] <= min(errors["torch"], errors["tf_keras_legacy"]), errors
+  names = ["ours", "tf_keras_legacy", "torch", "floor"]
+  errors = {name: [] for name in names}  # per problem: (rms, max)
+  small = {name: [] for name in names}  # errors on elements with |reference| < SMALL_PARAM
+  for seed in FLOAT32_SEEDS:
+    params, grads = ref.peers_md_problem(STEPS, seed)
+    reference = ref.reference_nadam(params, grads, **hp)[-1]
+    finals = {
+        "ours": _ours(hp, params, grads)[-1],
+        "tf_keras_legacy": ref.run_tf_legacy(params, grads, **hp)[-1],
+        "torch": ref.run_torch(params, grads, **hp)[-1],
+        "floor": ref.reference_nadam(params, grads, **hp, param_dtype=np.float32)[-1],
+    }
+    is_small = np.abs(np.concatenate([np.ravel(b) for b in reference])) < SMALL_PARAM
+    for name in names:
+      diff = _final_diff(finals[name], reference)
+      errors[name].append((float(np.sqrt(np.mean(diff**2))), float(np.max(np.abs(diff)))))
+      small[name].append(diff[is_small])
+  rms = {name: np.array([e[0] for e in errors[name]]) for name in names}
+  top = {name: np.array([e[1] for e in errors[name]]) for name in names}
+  median = {name: float(np.median(rms[name])) for name in names}
+  print(f"\nfloat32 error of the final params vs float64, {len(FLOAT32_SEEDS)} problems "
+        f"(seeds {FLOAT32_SEEDS.start}-{FLOAT32_SEEDS.stop - 1}), {STEPS} steps, lr 1e-2:")
+  for name in names:
+    print(f"  {name:16s} rms: median {median[name]:.3g} [{rms[name].min():.3g}-"
+          f"{rms[name].max():.3g}], pooled {np.sqrt(np.mean(rms[name] ** 2)):.3g}; "
+          f"max: median {np.median(top[name]):.3g}, largest {top[name].max():.3g}")
+  below, tied = np.sum(top["ours"] < top["tf_keras_legacy"]), np.sum(
+      top["ours"] == top["tf_keras_legacy"])
+  print(f"  max error: ours below tf-keras legacy on {below}, equal on {tied}, above on "
+        f"{len(top['ours']) - below - tied} of {len(top['ours'])}; median rms "
+        f"torch / ours {median['torch'] / median['ours']:.2f}x, ours / floor "
+        f"{median['ours'] / median['floor']:.3f}x, ours / tf-keras legacy "
+        f"{median['ours'] / median['tf_keras_legacy']:.3f}x")
+  n_small = sum(map(len, small["ours"]))
+  print(f"  on the {n_small} of {len(FLOAT32_SEEDS) * sum(map(np.size, params))} elements with "
+        f"|param| < {SMALL_PARAM} (little rounding, the step's own error shows), rms: " + ", ".join(
+            f"{name} {np.sqrt(np.mean(np.concatenate(small[name]) ** 2)):.3g}" for name in names))
+  # Tied with the seed's class and at the floor: imprecise per-step scalars
+  # (e.g. float32(b2) ** t, off by 1e-5 a step) would add ~1e-5 here.
+  assert median["ours"] <= 1.1 * median["tf_keras_legacy"], median
+  assert median["ours"] <= 1.1 * median["floor"], median
+  # torch rounds its float64 scalars into float32 tensor ops; it is measurably off the floor.
+  assert median["ours"] < median["torch"], median
 
 
 @pytest.mark.parametrize("decoupled", [False, True], ids=["coupled", "decoupled"])
