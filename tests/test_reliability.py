@@ -15,6 +15,9 @@ import optax_nadam
 from optax_nadam import ScaleByNadamState, scale_by_nadam
 from tests import _reference as ref
 
+# Runs at the declared dependency floors too (.ci/run); see pyproject's markers.
+pytestmark = pytest.mark.core
+
 INT32_MAX = int(np.iinfo(np.int32).max)
 
 
@@ -97,6 +100,7 @@ def test_float16_v_saturates_at_65504_with_finite_updates():
   np.testing.assert_array_equal(np.asarray(state[0].v)[0], np.float16(65504.0))
 
 
+@pytest.mark.peers
 def test_overflow_torch_freezes_the_coordinate_we_keep_it_moving():
   # torch.optim.NAdam (float32): exp_avg_sq = inf once (1 - b2) g^2 overflows
   # (|g| > ~5.8e20 at b2 = 0.999), and every later step of that coordinate is
