@@ -172,7 +172,7 @@ def train_all(
   the model; then every optimizer trains its own model from the same
   initialisation on the same batches, one step each per round, in the orders
   of `_demo_timing.schedule`, so that no optimizer is charged for its place
-  in the list.
+  in the list. The round's batch goes to the device before the round, untimed.
 
   Args:
     txs: label -> `optax.GradientTransformation`, e.g. `optimizers(...)`.
@@ -182,8 +182,8 @@ def train_all(
     seed: seed of the initialisation and of the batch order.
     warmup: untimed steps of each optimizer on its throwaway copy, after the
       compiling one.
-    progress: called with 1 after each optimizer step (e.g. a tqdm bar's
-      ``update``).
+    progress: called with the number of steps taken (``len(txs)`` after
+      each round), e.g. a tqdm bar's ``update``.
 
   Returns:
     A `RunResult` per optimizer, in the order of `txs`.
@@ -216,11 +216,7 @@ def train_all(
   opts = {name: nnx.Optimizer(models[name], tx, wrt=nnx.Param) for name, tx in txs.items()}
 
   def contestant(name):
-    def step(i):
-      loss = fns[name](models[name], opts[name], batch["x"], batch["y"])
-      return loss
-
-    return step
+    return lambda i: fns[name](models[name], opts[name], batch["x"], batch["y"])
 
   def before_round(i):
     put_batch(i)
