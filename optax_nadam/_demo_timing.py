@@ -130,8 +130,8 @@ def interleaved(
 
 
 PROTOCOL = (
-    "Step times: all optimizers compiled and warmed up first; then round by round each takes "
-    "one step, in an order that changes every round (each optimizer first in 1/{n} of the "
-    "rounds); median and 10th-90th percentile of {rounds} steps each, every step timed until "
-    "its loss is ready."
+    "Times: each optimizer's step is compiled (one sample each, in list order, after a throwaway "
+    "warm-up compile) and warmed up first; then round by round each takes one step, in an order "
+    "that changes every round (each optimizer first in 1/{n} of the rounds); median and "
+    "10th-90th percentile of {rounds} steps each, every step timed until its loss is ready."
 )
