@@ -5,10 +5,18 @@ well under a minute on two CPU cores.
 """
 
 import argparse
+import math
 import sys
 from typing import Optional, Sequence
 
-from optax_nadam import _demo
+import numpy as np
+
+from optax_nadam import _demo, _demo_report, _demo_timing
+
+# Bounds of the flags: beyond them a run fails inside training or never ends usefully.
+MAX_STEPS = 20_000  # the batch indices of every step are drawn up front
+MAX_SEED = 2**32 - 1  # scikit-learn's random_state range, used for the split
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,14 +29,14 @@ def _parser() -> argparse.ArgumentParser:
       ),
   )
   parser.add_argument("--steps", type=int, default=600,
-                      help="optimizer steps per optimizer (default: 600)")
+                      help=f"optimizer steps per optimizer, 1 to {MAX_STEPS} (default: 600)")
   parser.add_argument("--out", default="optax_nadam_demo.png",
                       help="path of the loss-curve PNG, or a directory for it "
                       "(default: ./optax_nadam_demo.png)")
   parser.add_argument("--lr", type=float, default=3e-3,
                       help="learning rate of every optimizer (default: 3e-3)")
   parser.add_argument("--batch-size", type=int, default=128,
-                      help="examples per step (default: 128)")
+                      help="examples per step, at most the training split's 1437 (default: 128)")
   parser.add_argument("--seed", type=int, default=0, help="seed of init, batches and split")
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   return parser
@@ -46,12 +54,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """
   parser = _parser()
   args = parser.parse_args(argv)
-  if args.steps < 1:
-    parser.error(f"--steps must be >= 1, got {args.steps}")
+  if not 1 <= args.steps <= MAX_STEPS:
+    parser.error(f"--steps must be 1 to {MAX_STEPS}, got {args.steps}")
   if args.batch_size < 1:
     parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-  if not args.lr > 0:
-    parser.error(f"--lr must be > 0, got {args.lr}")
+  # float32 is what the optimizers compute in: 1e39 would be inf there.
+  if not (args.lr > 0 and math.isfinite(args.lr) and args.lr <= FLOAT32_MAX):
+    parser.error(f"--lr must be > 0 and finite in float32 (<= {FLOAT32_MAX:.4g}), got {args.lr}")
+  if not 0 <= args.seed <= MAX_SEED:
+    parser.error(f"--seed must be 0 to {MAX_SEED} (scikit-learn's range), got {args.seed}")
   missing = _demo.missing_requirements()
   if missing:
     print(
@@ -62,12 +73,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         file=sys.stderr,
     )
     return 2
-  png = _demo.png_path(args.out)
+  n_train = _demo.train_size(args.seed)
+  if args.batch_size > n_train:
+    parser.error(f"--batch-size must be at most the {n_train} training examples, "
+                 f"got {args.batch_size}")
+  png = _demo_report.png_path(args.out)
+  formats = _demo_report.image_formats()
+  if png.suffix.lower().lstrip(".") not in formats:
+    parser.error(f"--out: matplotlib cannot write {png.suffix!r} files ({png}); use one of "
+                 f"{', '.join('.' + f for f in sorted(formats))}, or a directory")
+  # Before training, so that a bad --out fails in a second rather than after the runs.
   try:
-    # Before training, so that a bad --out fails in a second rather than after the runs.
     png.parent.mkdir(parents=True, exist_ok=True)
   except OSError as err:
     parser.error(f"--out: cannot create the directory for {png}: {err}")
+  try:
+    existed = png.exists()
+    with open(png, "ab"):
+      pass
+    if not existed:
+      png.unlink()
+  except OSError as err:
+    parser.error(f"--out: cannot write {png}: {err}")
   results, path = _demo.run(
       steps=args.steps, out=args.out, learning_rate=args.lr, batch_size=args.batch_size,
       seed=args.seed, show_progress=not args.no_progress,
@@ -75,8 +102,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print()
   print(f"MLP 64-64-10 on scikit-learn digits, {args.steps} steps of batch "
         f"{args.batch_size}, learning rate {args.lr:g}, same init and batches:")
-  print(_demo.format_table(results))
-  print(f"({_demo.machine()})")
+  print(_demo_report.format_table(results))
+  print(_demo_timing.PROTOCOL.format(n=len(results), rounds=args.steps))
+  print(f"({_demo_report.machine()})")
   print(f"\nLoss curves written to {path}")
   return 0
 

@@ -13,6 +13,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from optax_nadam import _demo_timing
+from optax_nadam._demo_report import plot, png_path
+
 # Import name -> pip name of what the demo needs beyond the core dependencies.
 DEMO_REQUIREMENTS = {
     "flax": "flax",
@@ -49,8 +52,9 @@ class RunResult:
     losses: training (mini-batch) loss before each step, shape ``[steps]``.
     final_loss: mean cross-entropy on the whole training set after training.
     test_accuracy: accuracy on the held-out split after training.
-    compile_seconds: wall time of the first step (tracing and compilation).
-    seconds: wall time of the other steps.
+    compile_seconds: wall time of the first step (tracing and compilation), run
+      on a throwaway copy of the model before the timed run.
+    step_times: the timed run's per-step wall times (`_demo_timing.StepTimes`).
   """
 
   name: str
@@ -58,7 +62,7 @@ class RunResult:
   final_loss: float
   test_accuracy: float
   compile_seconds: float
-  seconds: float
+  step_times: _demo_timing.StepTimes
 
 
 def load_data(seed: int = 0):
@@ -78,6 +82,18 @@ def load_data(seed: int = 0):
   y = y.astype(np.int32)
   x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
   return x_tr, y_tr, x_te, y_te
+
+
+def train_size(seed: int = 0) -> int:
+  """Number of training examples `load_data(seed)` returns (the largest batch size).
+
+  Args:
+    seed: seed of the split.
+
+  Returns:
+    The size of the training split.
+  """
+  return len(load_data(seed)[0])
 
 
 def make_mlp(seed: int = 0, hidden: int = 64):
@@ -122,63 +138,106 @@ def batch_indices(n: int, steps: int, batch_size: int, seed: int = 0) -> np.ndar
   return order[: steps * batch_size].reshape(steps, batch_size)
 
 
-def train(
-    name: str,
-    tx,
+def _loss(model, x, y):
+  import optax
+
+  return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+
+def _step_fn():
+  """A fresh `nnx.jit` training step (each optimizer gets its own compile cache)."""
+  from flax import nnx
+
+  @nnx.jit
+  def step(model, optimizer, x, y):
+    loss, grads = nnx.value_and_grad(_loss)(model, x, y)
+    optimizer.update(model, grads)
+    return loss
+
+  return step
+
+
+def train_all(
+    txs: dict,
     data,
     steps: int,
     batch_size: int = 128,
     seed: int = 0,
+    warmup: int = 5,
     progress: Optional[Callable[[int], None]] = None,
-) -> RunResult:
-  """Trains `make_mlp(seed)` with `tx` in an `nnx.jit` step with `nnx.Optimizer`.
+) -> list[RunResult]:
+  """Trains `make_mlp(seed)` with each of `txs`, interleaved step by step, and times the steps.
+
+  Each optimizer first compiles and runs `warmup` steps on a throwaway copy of
+  the model; then every optimizer trains its own model from the same
+  initialisation on the same batches, one step each per round, in the orders
+  of `_demo_timing.schedule`, so that no optimizer is charged for its place
+  in the list. The round's batch goes to the device before the round, untimed.
 
   Args:
-    name: label of the run.
-    tx: an `optax.GradientTransformation`.
+    txs: label -> `optax.GradientTransformation`, e.g. `optimizers(...)`.
     data: ``(x_train, y_train, x_test, y_test)`` from `load_data`.
-    steps: number of optimizer steps.
-    batch_size: examples per step.
+    steps: number of optimizer steps of each optimizer.
+    batch_size: examples per step; at most the number of training examples.
     seed: seed of the initialisation and of the batch order.
-    progress: called with 1 after each step (e.g. a tqdm bar's ``update``).
+    warmup: untimed steps of each optimizer on its throwaway copy, after the
+      compiling one.
+    progress: called with the number of steps taken (``len(txs)`` after
+      each round), e.g. a tqdm bar's ``update``.
 
   Returns:
-    A `RunResult`.
+    A `RunResult` per optimizer, in the order of `txs`.
   """
+  import jax
   import jax.numpy as jnp
-  import optax
   from flax import nnx
 
   x_tr, y_tr, x_te, y_te = data
-  model = make_mlp(seed)
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-  def loss_fn(model, x, y):
-    return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-
-  @nnx.jit
-  def step(model, optimizer, x, y):
-    loss, grads = nnx.value_and_grad(loss_fn)(model, x, y)
-    optimizer.update(model, grads)
-    return loss
-
   idx = batch_indices(len(x_tr), steps, batch_size, seed)
-  xb, yb = jnp.asarray(x_tr[idx]), jnp.asarray(y_tr[idx])
-  losses = []
-  start = time.perf_counter()
-  for i in range(steps):
-    losses.append(step(model, optimizer, xb[i], yb[i]))
-    if i == 0:
-      losses[0].block_until_ready()
-      compiled = time.perf_counter()
-    if progress is not None:
-      progress(1)
-  losses = np.asarray(jnp.stack(losses))
-  seconds = time.perf_counter() - compiled
-  compile_seconds = compiled - start
-  final_loss = float(loss_fn(model, jnp.asarray(x_tr), jnp.asarray(y_tr)))
-  accuracy = float(jnp.mean(jnp.argmax(model(jnp.asarray(x_te)), -1) == jnp.asarray(y_te)))
-  return RunResult(name, losses, final_loss, accuracy, compile_seconds, seconds)
+  batch = {}
+
+  def put_batch(i):
+    batch["x"], batch["y"] = jnp.asarray(x_tr[idx[i]]), jnp.asarray(y_tr[idx[i]])
+    jax.block_until_ready((batch["x"], batch["y"]))
+
+  fns = {name: _step_fn() for name in txs}
+  compile_seconds = {}
+  put_batch(0)
+  for name, tx in txs.items():
+    model = make_mlp(seed)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    start = time.perf_counter()
+    fns[name](model, optimizer, batch["x"], batch["y"]).block_until_ready()
+    compile_seconds[name] = time.perf_counter() - start
+    for _ in range(warmup):
+      fns[name](model, optimizer, batch["x"], batch["y"]).block_until_ready()
+
+  models = {name: make_mlp(seed) for name in txs}
+  opts = {name: nnx.Optimizer(models[name], tx, wrt=nnx.Param) for name, tx in txs.items()}
+
+  def contestant(name):
+    return lambda i: fns[name](models[name], opts[name], batch["x"], batch["y"])
+
+  def before_round(i):
+    put_batch(i)
+    if progress is not None and i:
+      progress(len(txs))
+
+  losses, seconds = _demo_timing.interleaved(
+      {name: contestant(name) for name in txs}, steps, wait=jax.block_until_ready,
+      before_round=before_round,
+  )
+  if progress is not None:
+    progress(len(txs))
+  x_all, y_all, x_test, y_test = map(jnp.asarray, (x_tr, y_tr, x_te, y_te))
+  results = []
+  for name in txs:
+    model = models[name]
+    final_loss = float(_loss(model, x_all, y_all))
+    accuracy = float(jnp.mean(jnp.argmax(model(x_test), -1) == y_test))
+    results.append(RunResult(name, np.asarray(jnp.stack(losses[name])), final_loss, accuracy,
+                             compile_seconds[name], _demo_timing.summarize(seconds[name])))
+  return results
 
 
 def optimizers(learning_rate: float) -> dict:
@@ -201,92 +260,6 @@ def optimizers(learning_rate: float) -> dict:
   }
 
 
-def format_table(results: list[RunResult]) -> str:
-  """A plain-text (Markdown) table of the results.
-
-  Args:
-    results: the runs.
-
-  Returns:
-    The table as a string.
-  """
-  lines = [
-      "| optimizer | final train loss | test accuracy | first step (s) | other steps (s) |",
-      "|---|---|---|---|---|",
-  ]
-  for r in results:
-    lines.append(
-        f"| {r.name} | {r.final_loss:.4f} | {100 * r.test_accuracy:.2f}% "
-        f"| {r.compile_seconds:.2f} | {r.seconds:.2f} |"
-    )
-  return "\n".join(lines)
-
-
-def plot(results: list[RunResult], path: pathlib.Path, title: str = "") -> pathlib.Path:
-  """Writes the training-loss curves (log scale, 20-step moving average) to a PNG.
-
-  Args:
-    results: the runs.
-    path: file to write.
-    title: optional figure title.
-
-  Returns:
-    The path written.
-  """
-  import matplotlib
-
-  matplotlib.use("Agg")  # headless: no display needed
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-  for r in results:
-    window = max(1, min(20, len(r.losses) // 10))
-    smooth = np.convolve(r.losses, np.ones(window) / window, mode="valid")
-    ax.plot(np.arange(len(smooth)) + window, smooth, label=r.name, lw=1.6)
-  ax.set_yscale("log")
-  ax.set_xlabel("step")
-  ax.set_ylabel("training loss (moving average)")
-  ax.set_title(title or "MLP on scikit-learn digits: same init, same batches")
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path)
-  plt.close(fig)
-  return path
-
-
-def png_path(out: str) -> pathlib.Path:
-  """Where the demo writes its PNG for an ``--out`` value.
-
-  Args:
-    out: a file path, or a directory (existing, or given without a suffix).
-
-  Returns:
-    ``out`` itself, or ``out/optax_nadam_demo.png`` for a directory.
-  """
-  path = pathlib.Path(out)
-  if path.is_dir() or not path.suffix:
-    path = path / "optax_nadam_demo.png"
-  return path
-
-
-def machine() -> str:
-  """A one-line description of where the demo ran, for quoting its timings.
-
-  Returns:
-    e.g. ``"jax 0.10.2 on cpu; 2 CPU cores, x86_64, Python 3.11.2"``.
-  """
-  import os
-  import platform
-
-  import jax
-
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return (f"jax {jax.__version__} on {jax.default_backend()}; {cores} CPU cores, "
-          f"{platform.machine()}, Python {platform.python_version()}")
-
-
 def run(
     steps: int = 600,
     out: str = "optax_nadam_demo.png",
@@ -295,7 +268,7 @@ def run(
     seed: int = 0,
     show_progress: bool = True,
 ) -> tuple[list[RunResult], pathlib.Path]:
-  """Runs the whole demo: trains each optimizer, writes the PNG.
+  """Runs the whole demo: trains the optimizers interleaved (`train_all`), writes the PNG.
 
   Args:
     steps: optimizer steps per run.
@@ -317,13 +290,10 @@ def run(
   data = load_data(seed)
   txs = optimizers(learning_rate)
   # Start the backend and pay the one-time costs of the first `nnx.jit` step (~1 s) on a throwaway
-  # one-step run, so that whichever optimizer runs first is not charged for them in the table.
+  # one-step run, so that the optimizer compiled first is not charged for them in the table.
   jax.block_until_ready(jax.numpy.zeros(()))
-  train("warm-up", optax.sgd(0.0), data, 1, batch_size, seed)
-  results = []
+  train_all({"warm-up": optax.sgd(0.0)}, data, 1, batch_size, seed, warmup=0)
   with tqdm(total=steps * len(txs), disable=not show_progress, unit="step") as bar:
-    for name, tx in txs.items():
-      bar.set_description(name)
-      results.append(train(name, tx, data, steps, batch_size, seed, progress=bar.update))
+    results = train_all(txs, data, steps, batch_size, seed, progress=bar.update)
   plot(results, path)
   return results, path.resolve()

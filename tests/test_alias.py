@@ -11,6 +11,9 @@ import pytest
 import optax_nadam
 from optax_nadam import alias
 
+# Runs at the declared dependency floors too (.ci/run); see pyproject's markers.
+pytestmark = pytest.mark.core
+
 
 def _params():
   return {"w": jnp.arange(6.0).reshape(2, 3) - 2.0, "b": jnp.array([0.5, -1.0])}

@@ -15,6 +15,9 @@ import pytest
 import optax_nadam
 from optax_nadam import safety
 
+# Runs at the declared dependency floors too (.ci/run); see pyproject's markers.
+pytestmark = pytest.mark.core
+
 STEPS = 25
 
 

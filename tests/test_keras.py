@@ -21,6 +21,9 @@ import optax_nadam.keras.optimizer as keras_mod
 from optax_nadam import ScaleByNadamState
 from optax_nadam.keras import KerasNadamState, Nadam
 
+# Runs at the declared dependency floors too (.ci/run); see pyproject's markers.
+pytestmark = pytest.mark.core
+
 PARAMS = {"dense": {"kernel": jnp.arange(6.0).reshape(2, 3) / 7, "bias": jnp.ones(3)},
           "scale": jnp.array(0.5, jnp.float32)}  # not weakly typed: one trace
 
@@ -89,6 +92,7 @@ def test_optax_schedule_learning_rate_equals_core():
     chex.assert_trees_all_close(u1, u2, rtol=1e-6)
 
 
+@pytest.mark.peers
 def test_works_in_flax_nnx_optimizer():
   from flax import nnx
 
@@ -460,6 +464,7 @@ SCHEDULES = [
 ]
 
 
+@pytest.mark.peers
 @pytest.mark.parametrize("class_name, config", SCHEDULES)
 def test_keras_schedule_configs_match_keras_schedules(class_name, config):
   import keras

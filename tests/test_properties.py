@@ -32,6 +32,9 @@ from hypothesis import strategies as st
 
 import optax_nadam
 
+# Runs at the declared dependency floors too (.ci/run); see pyproject's markers.
+pytestmark = pytest.mark.core
+
 # (name, tree of shapes): a fixed set, so compiles stay few.
 TREES = {
     "vector": {"w": (7,)},

@@ -17,6 +17,9 @@ import pytest
 import optax_nadam
 from optax_nadam import safety
 
+# Runs at the declared dependency floors too (.ci/run); see pyproject's markers.
+pytestmark = pytest.mark.core
+
 
 def _params(dtype=jnp.float32):
   k = jax.random.split(jax.random.PRNGKey(0), 3)

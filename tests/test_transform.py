@@ -11,6 +11,9 @@ import optax_nadam
 from optax_nadam import ScaleByNadamState, scale_by_nadam
 from tests import _reference as ref
 
+# Runs at the declared dependency floors too (.ci/run); see pyproject's markers.
+pytestmark = pytest.mark.core
+
 
 def _tree(dtype=jnp.float32, seed=0):
   k = jax.random.split(jax.random.PRNGKey(seed), 4)

@@ -1,0 +1,137 @@
+"""The demo's timing protocol: contestants interleaved step by step, in balanced orders.
+
+Timing one optimizer's whole run and then the next one's charges whichever runs
+first for the machine warming up (caches, clocks, allocator): measured at ~0.2 s
+of 0.4 s for 599 steps, whichever optimizer was first. Here every contestant
+takes one step per round, the order of the contestants changes every round so
+that each is first, second, ... equally often and follows each other one
+equally often, and each contestant's step times are summarised by quantiles,
+which a few slow outliers do not move.
+"""
+
+import dataclasses
+import itertools
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+
+def round_orders(n: int) -> list[tuple[int, ...]]:
+  """One full cycle of the orders the contestants take their steps in.
+
+  The cycle is every cyclic rotation of every order that starts with
+  contestant 0: each block of `n` consecutive rounds from the start of the
+  cycle is a Latin square (each contestant once in each position), and over
+  the whole cycle (`n!` rounds) each contestant directly follows each other one
+  equally often.
+
+  Args:
+    n: number of contestants, 1 to 6 (the cycle has ``n!`` rounds).
+
+  Returns:
+    ``n!`` tuples, each a permutation of ``range(n)``.
+  """
+  if not 1 <= n <= 6:
+    raise ValueError(f"round_orders: n must be 1 to 6 contestants, got {n}")
+  orders = []
+  for tail in itertools.permutations(range(1, n)):
+    base = (0,) + tail
+    orders.extend(base[k:] + base[:k] for k in range(n))
+  return orders
+
+
+def schedule(n: int, rounds: int) -> list[tuple[int, ...]]:
+  """The order of the contestants in each of `rounds` rounds.
+
+  Args:
+    n: number of contestants.
+    rounds: number of rounds.
+
+  Returns:
+    ``rounds`` permutations of ``range(n)``: `round_orders` repeated. The
+    number of times contestant ``i`` takes position ``p`` differs between
+    contestants by at most one; by none when ``rounds`` is a multiple of ``n``.
+  """
+  cycle = round_orders(n)
+  return [cycle[r % len(cycle)] for r in range(rounds)]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTimes:
+  """Summary of one contestant's per-step wall times, in seconds.
+
+  Attributes:
+    median: the median step time.
+    p10: the 10th percentile.
+    p90: the 90th percentile.
+    count: number of steps timed.
+  """
+
+  median: float
+  p10: float
+  p90: float
+  count: int
+
+
+def summarize(seconds: Sequence[float]) -> StepTimes:
+  """Median and 10th/90th percentiles of step times.
+
+  Args:
+    seconds: the per-step wall times.
+
+  Returns:
+    A `StepTimes`.
+  """
+  s = np.asarray(seconds, np.float64)
+  p10, median, p90 = np.percentile(s, [10, 50, 90])
+  return StepTimes(float(median), float(p10), float(p90), int(s.size))
+
+
+def interleaved(
+    steps: Mapping[str, Callable[[int], Any]],
+    rounds: int,
+    clock: Callable[[], float] = time.perf_counter,
+    wait: Callable[[Any], Any] = lambda x: x,
+    before_round: Optional[Callable[[int], Any]] = None,
+) -> tuple[dict[str, list], dict[str, np.ndarray]]:
+  """Runs ``rounds`` rounds; in each, every contestant's step once, timed.
+
+  Round ``r`` calls ``steps[name](r)`` for every contestant, in the order
+  ``schedule(len(steps), rounds)[r]``; a step's time runs from its call until
+  ``wait`` returns on its result (e.g. `jax.block_until_ready`), so that no
+  step's work spills into the next one's time.
+
+  Args:
+    steps: contestant name -> step function of the round index.
+    rounds: number of rounds.
+    clock: the clock (seconds).
+    wait: called on each step's result before the clock is read again.
+    before_round: called with ``r`` before round ``r``, untimed (e.g. to put
+      the round's batch on the device).
+
+  Returns:
+    ``(outputs, seconds)``: per contestant, the list of its steps' results and
+    the array of its steps' wall times, both in round order.
+  """
+  names = list(steps)
+  outputs = {name: [] for name in names}
+  seconds = {name: np.zeros(rounds) for name in names}
+  for r, order in enumerate(schedule(len(names), rounds)):
+    if before_round is not None:
+      before_round(r)
+    for i in order:
+      name = names[i]
+      start = clock()
+      out = wait(steps[name](r))
+      seconds[name][r] = clock() - start
+      outputs[name].append(out)
+  return outputs, seconds
+
+
+PROTOCOL = (
+    "Times: each optimizer's step is compiled (one sample each, in list order, after a throwaway "
+    "warm-up compile) and warmed up first; then round by round each takes one step, in an order "
+    "that changes every round (each optimizer first in 1/{n} of the rounds); median and "
+    "10th-90th percentile of {rounds} steps each, every step timed until its loss is ready."
+)
