@@ -95,8 +95,10 @@ class KerasMethods:
   def get_weights(self, state: Any) -> list:
     """The state in tf-keras legacy Nadam's ``get_weights()`` order.
 
-    ``[iterations (int64), momentum cache = mu-product (float32), m..., v...]``,
-    numpy arrays, leaves in `jax.tree.leaves` order.
+    ``[iterations (int64), momentum cache = mu-product, m..., v...]``, numpy
+    arrays, leaves in `jax.tree.leaves` order. The mu-product is float32, or
+    float64 when a parameter is float64 (under ``jax_enable_x64``);
+    `set_weights` casts each weight to the state's dtype.
 
     Args:
       state: this optimizer's state.
