@@ -47,9 +47,10 @@ class KerasMethods:
       state: this optimizer's state.
 
     Returns:
-      A float32 scalar.
+      A float32 scalar (float64 for float64 params under x64).
     """
-    return self._learning_rate(self._real_step(state))
+    return self._learning_rate(self._real_step(state),
+                               find_nadam_state(state).mu_product.dtype)
 
   def get_slot_names(self) -> Tuple[str, str]:
     """The slot names, ``("m", "v")``, as tf-keras legacy Nadam.
