@@ -162,11 +162,8 @@ def from_arrays(arrays: Mapping[str, Any], like: Any, *, finite: bool = True) ->
         "The saved arrays do not match the reference state's leaves." + detail
         + " Was the checkpoint saved from a different model or optimizer chain?"
     )
-  is_nadam = lambda x: isinstance(x, ScaleByNadamState)  # noqa: E731
-  mu_products = {
-      _path_str(p + (jax.tree_util.GetAttrKey("mu_product"),))
-      for p, node in jax.tree_util.tree_flatten_with_path(like, is_leaf=is_nadam)[0]
-      if is_nadam(node)}
+  mu_products = {_path_str(p + (jax.tree_util.GetAttrKey("mu_product"),))
+                 for p, _ in _tree.find_nodes(like, ScaleByNadamState)}
   leaves = []
   for key, (_, ref) in zip(wanted, ref_leaves):
     x = np.asarray(arrays[key])
