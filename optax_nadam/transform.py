@@ -10,12 +10,8 @@ With `t = count + 1` and `psi = momentum_decay`::
   m_bar    = (1 - mu_t) g / (1 - prod_t) + mu_next m_t / (1 - prod_t mu_next)
   update   = m_bar / (sqrt(v_t / (1 - b2 ** t) + eps_root) + eps)
 
-Dtype policy: the per-step scalars (mu_t, mu_next, the products, the bias
-corrections, the coefficients of g and m_t) and the stored ``mu_product`` are
-in the params' widest float precision (`_scalar_dtype`): float64 when any
-leaf is float64 or complex128 (only under ``jax_enable_x64``), else float32
-(float32, bfloat16, float16 and complex64 trees). Each leaf is then computed
-in at least float32 and stored back in its own dtype.
+The per-step scalars and ``mu_product`` are in the params' widest float
+precision (`_scalar_dtype`; see `scale_by_nadam`).
 """
 
 import math

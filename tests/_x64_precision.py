@@ -1,16 +1,17 @@
 """float64, complex128 and mixed trees under ``jax_enable_x64``, in a fresh interpreter.
 
 ``jax_enable_x64`` is process-global, so `tests/test_precision.py` runs this file
-with `tests/_subproc.py` and asserts on the ``RESULT {json}`` line it prints. The
-problem builders and `hypergradients` read no global state: the test process
-imports this module too (as ``tests._x64_precision``, x64 off) to compute the
-float32 counterparts. Nothing here touches jax config at import time.
+with `tests/_subproc.py` and asserts on the ``RESULT {json}`` line it prints:
+errors against the float64 formulas of `tests/_reference.py`, digests of
+float32 / bf16 / f16 / complex64 runs, and hyperparameter gradients against
+finite differences. The problem builders, `low_precision_digests` and
+`hypergradients` read no global state: the test process imports this module
+too (as ``tests._x64_precision``, x64 off) for the float32 counterparts.
+Nothing here touches jax config at import time.
 """
 
 import hashlib
 import json
-import sys
-import tempfile
 
 import numpy as np
 
@@ -53,7 +54,8 @@ def float64_problems():
           for k, (p, g, hp) in out.items()}
 
 
-def _ours(hp):
+def nadam_for(hp):
+  """Our `nadam` (or `nadamw`) for the hyperparameters of `ref.reference_nadam`."""
   import optax_nadam
 
   kw = dict(b1=hp.get("b1", 0.9), b2=hp.get("b2", 0.999), eps=hp.get("eps", 1e-7),
@@ -180,22 +182,9 @@ def hypergradients(dtype, finite_differences=False):
 
 
 def _float64_errors():
-  return {name: ref.max_abs_error(ref.run_ours(_ours(hp), p, g),
+  return {name: ref.max_abs_error(ref.run_ours(nadam_for(hp), p, g),
                                   ref.reference_nadam(p, g, **hp))
           for name, (p, g, hp) in float64_problems().items()}
-
-
-def _torch_float64():
-  p, g, _ = float64_problems()["peers_md"]
-  hp = dict(lr=1e-2, b1=0.9, b2=0.999, eps=1e-7, momentum_decay=0.004)
-  reference = ref.reference_nadam(p, g, **hp)
-  ours = ref.run_ours(_ours(hp), p, g)
-  torch_hist = ref.run_torch(p, g, **hp)
-  return {"ours_error": ref.max_abs_error(ours, reference),
-          "torch_error": ref.max_abs_error(torch_hist, reference),
-          "ours_vs_torch": ref.max_abs_error(ours, [[np.asarray(x) for x in s]
-                                                     for s in torch_hist]),
-          "torch_dtype": str(torch_hist[-1][0].dtype)}
 
 
 def _complex128():
@@ -203,7 +192,7 @@ def _complex128():
   for name, hp in (("defaults", dict(lr=1e-2)),
                    ("b1.85-eps_root", dict(lr=1e-2, b1=0.85, b2=0.99, eps_root=1e-10))):
     p, g = complex_problem()
-    ours = ref.run_ours(_ours(hp), p, g)
+    ours = ref.run_ours(nadam_for(hp), p, g)
     out[name] = ref.max_abs_error(ours, ref.reference_nadam(p, g, **hp))
     out["dtype"] = str(ours[-1][0].dtype)
   return out
@@ -218,10 +207,10 @@ def _mixed_tree():
   p = [x.astype(d) for x, d in zip(p, dtypes)]
   g = [[x.astype(d) for x, d in zip(gs, dtypes)] for gs in g]
   hp = dict(lr=1e-2)
-  mixed = ref.run_ours(_ours(hp), p, g)
-  only32 = ref.run_ours(_ours(hp), p[2:], [gs[2:] for gs in g])
+  mixed = ref.run_ours(nadam_for(hp), p, g)
+  only32 = ref.run_ours(nadam_for(hp), p[2:], [gs[2:] for gs in g])
   reference = ref.reference_nadam(p, g, **hp)
-  state = jax.eval_shape(_ours(hp).init, p)
+  state = jax.eval_shape(nadam_for(hp).init, p)
   return {
       "param_dtypes": [str(x.dtype) for x in mixed[-1]],
       "state_dtypes": [str(x.dtype) for x in jax.tree.leaves(state[0])],
@@ -249,132 +238,18 @@ def _low_precision_hlo_has_f64():
   return out
 
 
-def _state_round_trips():
-  """safety, grouped, Keras front, torch interop and orbax with float64 state."""
-  import jax
-  import jax.numpy as jnp
-  import optax
-  import torch
-
-  import optax_nadam
-  from optax_nadam import interop, safety
-  from optax_nadam import keras as okeras
-
-  p, g, _ = float64_problems()["peers_md"]
-  params = [jnp.asarray(x) for x in p]
-  tx = optax_nadam.nadam(1e-2, eps=1e-8)
-
-  def train(tx, params, steps):
-    state = tx.init(params)
-    step = jax.jit(lambda ps, s, gs: tx.update(gs, s, ps))
-    for gs in g[:steps]:
-      u, state = step(params, state, [jnp.asarray(x) for x in gs])
-      params = optax.apply_updates(params, u)
-    return params, state
-
-  def same_bits(a, b):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    return len(la) == len(lb) and all(
-        np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(x, y)
-        for x, y in zip(la, lb))
-
-  out = {}
-  trained, state = train(tx, params, 5)
-  out["mu_product_dtype"] = str(state[0].mu_product.dtype)
-  like = jax.eval_shape(tx.init, params)
-  arrays = safety.to_arrays(state)
-  out["safety_round_trip"] = same_bits(safety.from_arrays(arrays, like), state)
-  old = dict(arrays, **{"[0].mu_product": arrays["[0].mu_product"].astype(np.float32)})
-  widened = safety.from_arrays(old, like)
-  out["safety_widens_float32_mu_product"] = (
-      str(widened[0].mu_product.dtype), float(widened[0].mu_product)
-      == float(np.float32(state[0].mu_product)))
-  try:  # a float32 mu-product is not what float64 params' state holds
-    safety.check_state((state[0]._replace(mu_product=np.float32(1.0)),) + tuple(state[1:]),
-                       like)
-    out["check_state_refuses_float32_mu_product"] = False
-  except ValueError as e:
-    out["check_state_refuses_float32_mu_product"] = "mu_product" in str(e)
-
-  grouped = optax_nadam.grouped(tx)
-  g_params, g_state = train(grouped, params, 5)
-  ungrouped = optax_nadam.ungroup_state(g_state, params)
-  out["grouped"] = {
-      "mu_product_dtype": str(ungrouped[0].mu_product.dtype),
-      "vs_plain": ref.max_abs_error([[np.asarray(x) for x in g_params]],
-                                    [[np.asarray(x) for x in trained]]),
-      "regroup_same_bits": same_bits(optax_nadam.group_state(ungrouped, params), g_state),
-  }
-
-  kopt = okeras.Nadam(learning_rate=1e-2, epsilon=1e-8)
-  k_params, k_state = train(kopt, params, 5)
-  weights = kopt.get_weights(k_state)
-  restored = kopt.set_weights(kopt.init(params), weights)
-  out["keras"] = {
-      "weights_dtypes": [str(w.dtype) for w in weights[:3]],
-      "set_get_same_bits": same_bits(kopt.get_weights(restored), weights),
-      "vs_nadam": ref.max_abs_error([[np.asarray(x) for x in k_params]],
-                                    [[np.asarray(x) for x in trained]]),
-  }
-
-  # torch float64: steps in torch, import, export back; nothing may move.
-  tparams = [torch.tensor(np.array(x), requires_grad=True) for x in p]
-  topt = torch.optim.NAdam(tparams, lr=1e-2, eps=1e-8)
-  for gs in g[:5]:
-    for tp, gx in zip(tparams, gs):
-      tp.grad = torch.tensor(np.array(gx))
-    topt.step()
-  before = {k: {n: t.clone() for n, t in v.items()} for k, v in topt.state_dict()["state"].items()}
-  imported = interop.state_from_torch(topt, tx, params)
-  topt2 = torch.optim.NAdam([torch.zeros_like(t) for t in tparams], lr=1e-2, eps=1e-8)
-  interop.state_to_torch(imported, params, topt2)
-  after = topt2.state_dict()["state"]
-  out["torch"] = {
-      "mu_product_dtype_torch": str(before[0]["mu_product"].dtype),
-      "imported_mu_product_dtype": str(imported[0].mu_product.dtype),
-      "imported_exact": all(
-          np.array_equal(np.asarray(m), before[i]["exp_avg"].numpy())
-          and np.array_equal(np.asarray(v), before[i]["exp_avg_sq"].numpy())
-          and float(imported[0].mu_product) == float(before[i]["mu_product"])
-          for i, (m, v) in enumerate(zip(imported[0].m, imported[0].v))),
-      "exported_exact": all(
-          torch.equal(after[i][k].to(torch.float64), before[i][k].to(torch.float64))
-          for i in before for k in ("exp_avg", "exp_avg_sq", "mu_product", "step")),
-      "exported_dtypes": sorted({str(after[0][k].dtype) for k in ("exp_avg", "mu_product")}),
-  }
-  # ours -> torch -> ours: our float64 mu_product survives the round trip.
-  topt3 = torch.optim.NAdam([torch.zeros_like(t) for t in tparams], lr=1e-2, eps=1e-8)
-  interop.state_to_torch(state, params, topt3)
-  back = interop.state_from_torch(topt3, tx, params)
-  out["torch"]["ours_round_trip_same_bits"] = same_bits(back, state)
-
-  import orbax.checkpoint as ocp
-
-  with tempfile.TemporaryDirectory() as tmp:
-    with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(f"{tmp}/ckpt", state)
-      ckptr.wait_until_finished()
-      restored = ckptr.restore(f"{tmp}/ckpt", jax.eval_shape(tx.init, params))
-  out["orbax_same_bits"] = same_bits(restored, state)
-  return out
-
-
 def main():
   import jax
 
   jax.config.update("jax_enable_x64", True)
-  sections = set(sys.argv[1:]) or {"numerics", "state"}
-  result = {}
-  if "numerics" in sections:
-    result["float64_errors"] = _float64_errors()
-    result["complex128"] = _complex128()
-    result["mixed"] = _mixed_tree()
-    result["low_precision_digests"] = low_precision_digests()
-    result["low_precision_hlo_has_f64"] = _low_precision_hlo_has_f64()
-    result["hypergradients"] = hypergradients("float64", finite_differences=True)
-  if "state" in sections:  # the peers: torch, orbax, the Keras front
-    result["torch_float64"] = _torch_float64()
-    result["state"] = _state_round_trips()
+  result = {
+      "float64_errors": _float64_errors(),
+      "complex128": _complex128(),
+      "mixed": _mixed_tree(),
+      "low_precision_digests": low_precision_digests(),
+      "low_precision_hlo_has_f64": _low_precision_hlo_has_f64(),
+      "hypergradients": hypergradients("float64", finite_differences=True),
+  }
   print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -3,8 +3,8 @@
 The per-step scalars and ``mu_product`` are float32 for float32, bfloat16,
 float16 and complex64 trees and float64 when a leaf is float64 or complex128.
 Everything under ``jax_enable_x64`` runs in two subprocesses
-(`tests/_x64_precision.py`, started once for the module and read when first
-needed) so x64 never reaches this process; their float32 counterparts are
+(`tests/_x64_precision.py`, `tests/_x64_state.py`, started together once for the
+module and read when first needed) so x64 never reaches this process; their float32 counterparts are
 computed here, with x64 off.
 """
 
@@ -29,8 +29,8 @@ class _Scripts:
   """The x64 subprocesses, started at once, each finished when first read."""
 
   def __init__(self):
-    self._procs = {name: _subproc.start_script("_x64_precision", [name], devices=1)
-                   for name in ("numerics", "state")}
+    self._procs = {name: _subproc.start_script(script, devices=1)
+                   for name, script in (("numerics", "_x64_precision"), ("state", "_x64_state"))}
     self._results = {}
 
   def __getitem__(self, name):
@@ -123,6 +123,7 @@ def test_float32_step_is_bitwise_the_documented_float32_computation(hp):
         assert got.dtype == want.dtype and np.array_equal(got, want), (i, k)
 
 
+@pytest.mark.slow
 def test_low_precision_trees_compute_the_same_bits_with_x64_on(x64):
   # With x64 on, float32 / bf16 / f16 / complex64 trees still take float32
   # scalars (no float64 anywhere in the lowered step) and the same bits.
@@ -135,6 +136,7 @@ def test_low_precision_trees_compute_the_same_bits_with_x64_on(x64):
 
 # --- x64 on: float64, complex128, mixed ---------------------------------------
 
+@pytest.mark.slow
 def test_float64_params_reach_float64_accuracy(x64):
   errors = x64["numerics"]["float64_errors"]
   print("float64: max |params - float64 formulas| over 200 steps:", errors)
@@ -142,6 +144,7 @@ def test_float64_params_reach_float64_accuracy(x64):
   assert max(errors.values()) <= FLOAT64_TOL, errors
 
 
+@pytest.mark.slow
 def test_float64_matches_torch_nadam_to_torch_float64_error(x64):
   result = x64["state"]["torch_float64"]
   print("float64 vs torch NAdam (float64 tensors):", result)
@@ -152,6 +155,7 @@ def test_float64_matches_torch_nadam_to_torch_float64_error(x64):
   assert result["ours_vs_torch"] <= result["torch_error"] + FLOAT64_TOL
 
 
+@pytest.mark.slow
 def test_complex128_matches_complex_formulas(x64):
   result = x64["numerics"]["complex128"]
   print("complex128: max |params - complex formulas| over 200 steps:", result)
@@ -159,6 +163,7 @@ def test_complex128_matches_complex_formulas(x64):
   assert max(v for k, v in result.items() if k != "dtype") <= FLOAT64_TOL
 
 
+@pytest.mark.slow
 def test_mixed_float64_float32_tree_keeps_each_leaf_dtype(x64):
   result = x64["numerics"]["mixed"]
   print("mixed float64/float32 tree:", result)
@@ -172,6 +177,7 @@ def test_mixed_float64_float32_tree_keeps_each_leaf_dtype(x64):
   assert result["float32_leaves_error"] <= 2 * result["float32_run_error"]
 
 
+@pytest.mark.slow
 def test_float64_state_round_trips_exactly(x64):
   result = x64["state"]["state"]
   print("float64 state round trips:", result)
@@ -193,6 +199,7 @@ def test_float64_state_round_trips_exactly(x64):
 
 # --- hyperparameter gradients -------------------------------------------------
 
+@pytest.mark.slow
 def test_hypergradients_x64_equal_float64_finite_differences(x64):
   result = x64["numerics"]["hypergradients"]
   fd = result["fd"]
@@ -203,6 +210,7 @@ def test_hypergradients_x64_equal_float64_finite_differences(x64):
     assert max(rel.values()) <= HYPER_FD_RTOL, (way, rel)
 
 
+@pytest.mark.slow
 def test_hypergradients_float32_finite_and_close_to_float64(x64):
   here = x64_script.hypergradients("float32")
   exact = x64["numerics"]["hypergradients"]["closure"]
@@ -213,6 +221,7 @@ def test_hypergradients_float32_finite_and_close_to_float64(x64):
     assert max(rel.values()) <= HYPER_F32_RTOL, (way, rel)
 
 
+@pytest.mark.slow
 def test_x64_does_not_leak_into_this_process(x64):
   assert x64["numerics"] and x64["state"]
   assert not jax.config.jax_enable_x64
