@@ -164,9 +164,9 @@ def scale_by_nadam(
 
   Precision: the per-step scalars (mu_t, mu_next, products, bias corrections)
   are computed once per step, and ``mu_product`` is stored, in the params'
-  widest float precision: float32 for float32, bfloat16,
-  float16 and complex64 trees, float64 when any leaf is float64 or complex128
-  (under ``jax_enable_x64``), so a float64 run has float64 accuracy. Concrete
+  widest float precision: float32 for float32, bfloat16, float16 and complex64
+  trees, float64 when any leaf is float64 or complex128 (under
+  ``jax_enable_x64``), so a float64 run has float64 accuracy. Concrete
   hyperparameters are evaluated in float64 and rounded once to that dtype;
   traced ones (``optax.inject_hyperparams``, `jax.grad` with respect to a
   hyperparameter) are computed in it. The per-leaf work is one fused
