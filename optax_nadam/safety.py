@@ -9,7 +9,8 @@ functions here refuse such a state before the first step, naming the leaf:
 - `check_state(state, like)` compares a state, leaf by leaf, with a reference
   (``tx.init(params)`` or ``jax.eval_shape(tx.init, params)``): same tree, same
   shapes, same dtypes, finite values, and for every `ScaleByNadamState` a
-  count >= 0 and a mu-product in [0, 1].
+  count >= 0 and a mu-product in [0, 1]. The reference fixes the mu-product's
+  dtype: float32, or float64 for float64 params under ``jax_enable_x64``.
 - `to_arrays(tree)` / `from_arrays(arrays, like)` turn any optax state into a
   flat ``{path: numpy array}`` dict for ``numpy.savez`` and back, matching
   arrays to leaves by path (never by position) and validating the result.
@@ -91,8 +92,12 @@ def check_state(state: Any, like: Any, *, finite: bool = True) -> Any:
     x_dtype = np.dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
     ref_dtype = np.dtype(ref.dtype)
     if x_dtype != ref_dtype:
+      hint = (" The mu-product has the params' widest float precision (float64 for "
+              "float64 params under jax_enable_x64); from_arrays widens a saved float32 "
+              "one." if where.endswith(".mu_product") else "")
       raise ValueError(
           f"The state leaf at {where} has dtype {x_dtype}; the reference has {ref_dtype}."
+          + hint
       )
     if finite and np.issubdtype(x_dtype, np.inexact) and not isinstance(x, jax.core.Tracer):
       if not np.all(np.isfinite(np.asarray(x))):
@@ -128,7 +133,9 @@ def from_arrays(arrays: Mapping[str, Any], like: Any, *, finite: bool = True) ->
 
   Arrays that `numpy.savez` stored as raw bytes (bfloat16 and other ml_dtypes
   come back as ``V2``-style void arrays) are viewed back as the reference's
-  dtype when the item size agrees. The result goes through `check_state`.
+  dtype when the item size agrees. A float32 ``mu_product`` whose reference is
+  float64 (a float64 run saved before the mu-product followed the params'
+  precision) is widened, which is exact. The result goes through `check_state`.
 
   Args:
     arrays: ``{leaf path: array}``, e.g. ``numpy.load("state.npz")``.
@@ -155,11 +162,15 @@ def from_arrays(arrays: Mapping[str, Any], like: Any, *, finite: bool = True) ->
         "The saved arrays do not match the reference state's leaves." + detail
         + " Was the checkpoint saved from a different model or optimizer chain?"
     )
+  mu_products = {_path_str(p + (jax.tree_util.GetAttrKey("mu_product"),))
+                 for p, _ in _tree.find_nodes(like, ScaleByNadamState)}
   leaves = []
   for key, (_, ref) in zip(wanted, ref_leaves):
     x = np.asarray(arrays[key])
     ref_dtype = np.dtype(ref.dtype)
     if x.dtype.kind == "V" and x.dtype.itemsize == ref_dtype.itemsize:
       x = x.view(ref_dtype)
+    if key in mu_products and x.dtype == np.float32 and ref_dtype == np.float64:
+      x = x.astype(np.float64)
     leaves.append(x)
   return check_state(treedef.unflatten(leaves), like, finite=finite)

@@ -9,6 +9,9 @@ With `t = count + 1` and `psi = momentum_decay`::
   v_t      = b2 * v + (1 - b2) * |g|^2
   m_bar    = (1 - mu_t) g / (1 - prod_t) + mu_next m_t / (1 - prod_t mu_next)
   update   = m_bar / (sqrt(v_t / (1 - b2 ** t) + eps_root) + eps)
+
+The per-step scalars and ``mu_product`` are in the params' widest float
+precision (`_scalar_dtype`; see `scale_by_nadam`).
 """
 
 import math
@@ -27,10 +30,16 @@ _LOG_096 = math.log(0.96)  # float64; the schedule is 0.96 ** (psi * t).
 
 
 class ScaleByNadamState(NamedTuple):
-  """State of `scale_by_nadam`."""
+  """State of `scale_by_nadam`.
+
+  ``mu_product`` is float32 for float32, bfloat16, float16 and complex64
+  params and float64 when any param is float64 or complex128 (under
+  ``jax_enable_x64``): the rule of `_scalar_dtype`, applied to the params at
+  ``init`` and to ``v`` (which has the params' dtypes) at ``update``.
+  """
 
   count: chex.Array  # int32 scalar, steps taken, saturating at int32 max
-  mu_product: chex.Array  # float32 scalar, prod_{i<=t} mu_i
+  mu_product: chex.Array  # scalar, prod_{i<=t} mu_i, the params' widest float precision
   m: optax.Updates  # first moment, dtype mu_dtype or the param's
   v: optax.Updates  # second moment, the param's dtype
 
@@ -56,19 +65,42 @@ def momentum_coefficient(b1: float, momentum_decay: float, t: float) -> float:
   return float(b1) * (1.0 - 0.5 * math.exp(float(momentum_decay) * float(t) * _LOG_096))
 
 
-def _scalar(x: Any, fn) -> Any:
-  """`fn(x, np)` in float64 rounded once to float32 when `x` is concrete.
+def _scalar_dtype(tree: Any) -> jnp.dtype:
+  """The dtype of the per-step scalars and `mu_product` for a params tree.
 
-  Traced hyperparameters (under `optax.inject_hyperparams`) get `fn(x, jnp)`
-  in float32. Rounding once from float64 is what keeps our float32 trajectory
-  at least as close to the exact one as the peers' (torch does its scalars in
-  Python float64).
+  The widest floating precision among the leaves: float64 when any leaf is
+  float64 or complex128 (possible only under ``jax_enable_x64``), float32
+  otherwise (float32, bfloat16, float16, complex64 and empty trees; narrower
+  floats would round the momentum schedule and its product to a few digits).
+
+  Args:
+    tree: params, or any tree with their dtypes (e.g. the second moment ``v``,
+      `jax.ShapeDtypeStruct` leaves).
+
+  Returns:
+    ``jnp.dtype('float32')`` or ``jnp.dtype('float64')``.
+  """
+  f64 = jnp.dtype(jnp.float64)
+  for x in jax.tree.leaves(tree):
+    dtype = jnp.dtype(jnp.result_type(x))
+    if jnp.issubdtype(dtype, jnp.inexact) and jnp.finfo(dtype).dtype == f64:
+      return f64
+  return jnp.dtype(jnp.float32)
+
+
+def _scalar(x: Any, fn, dtype) -> Any:
+  """`fn(x, np)` in float64 rounded once to `dtype` when `x` is concrete.
+
+  Traced hyperparameters (`optax.inject_hyperparams`, `jax.grad` with respect
+  to a hyperparameter) get `fn(x, jnp)` in `dtype`. Rounding once from float64
+  is what keeps our float32 trajectory at least as close to the exact one as
+  the peers' (torch does its scalars in Python float64).
   """
   value = _validation.concrete_float(x)
   if value is None:
-    return fn(jnp.asarray(x, jnp.float32), jnp)
+    return fn(jnp.asarray(x, dtype), jnp)
   with np.errstate(divide="ignore"):
-    return np.float32(fn(np.float64(value), np))
+    return np.dtype(dtype).type(fn(np.float64(value), np))
 
 
 def _check_updates(updates, moments) -> None:
@@ -130,18 +162,31 @@ def scale_by_nadam(
   With ``momentum_decay=1.0`` it is Keras 3's ``keras.optimizers.Nadam``, which
   dropped the 0.004 factor.
 
-  The per-step scalars are computed once per step in float32 (from float64
-  constants when hyperparameters are concrete); the per-leaf work is one fused
-  elementwise pass computed in at least float32, stored back in each moment's
-  dtype. Returns the positive direction: chain with a negative learning rate
-  (`nadam` does this).
+  Precision: the per-step scalars (mu_t, mu_next, products, bias corrections)
+  are computed once per step, and ``mu_product`` is stored, in the params'
+  widest float precision: float32 for float32, bfloat16, float16 and complex64
+  trees, float64 when any leaf is float64 or complex128 (under
+  ``jax_enable_x64``), so a float64 run has float64 accuracy. Concrete
+  hyperparameters are evaluated in float64 and rounded once to that dtype;
+  traced ones (``optax.inject_hyperparams``, `jax.grad` with respect to a
+  hyperparameter) are computed in it. The per-leaf work is one fused
+  elementwise pass in at least float32 (in a mixed tree a float32 leaf uses
+  the scalars rounded to float32), stored back in each moment's dtype.
+  Returns the positive direction: chain with a negative learning rate (`nadam`
+  does this).
+
+  Differentiating through updates (hyperparameter gradients, meta-learning):
+  the derivative of ``sqrt(v)`` is infinite at ``v = 0``, so when some
+  coordinate of ``v`` can be 0 (a zero gradient, a parameter not used yet)
+  set ``eps_root > 0`` (e.g. 1e-16), or the gradient is NaN or Inf.
 
   Args:
     b1: base momentum coefficient, in [0, 1).
     b2: decay of the second moment, in [0, 1).
     eps: added to the denominator after the square root, >= 0.
     eps_root: added to the bias-corrected second moment inside the square
-      root, >= 0 (useful when differentiating through the update).
+      root, >= 0; > 0 keeps gradients through the update finite where some
+      ``v`` is 0 (see above).
     momentum_decay: ``psi`` of the momentum schedule, >= 0. 0.004 is the
       seed's (tf-keras legacy ``schedule_decay``, torch ``momentum_decay``);
       1.0 gives Keras 3's Nadam.
@@ -175,7 +220,7 @@ def scale_by_nadam(
   def init_fn(params):
     return ScaleByNadamState(
         count=jnp.zeros([], jnp.int32),
-        mu_product=jnp.ones([], jnp.float32),
+        mu_product=jnp.ones([], _scalar_dtype(params)),
         m=optax.tree.zeros_like(params, dtype=mu_dtype),
         v=optax.tree.zeros_like(params),
     )
@@ -183,52 +228,62 @@ def scale_by_nadam(
   def update_fn(updates, state, params=None):
     del params
     _check_updates(updates, state.m)
-    f32 = jnp.float32
+    dtype = _scalar_dtype(state.v)  # v has the params' dtypes (m may be mu_dtype)
     count_inc = optax.safe_increment(state.count)
-    t = count_inc.astype(f32)
+    t = count_inc.astype(dtype)
+
+    def scalar(x, fn):
+      return _scalar(x, fn, dtype)
 
     # Momentum schedule: 0.96 ** (psi * t) = exp(t * psi * log(0.96)).
-    log_decay = _scalar(momentum_decay, lambda x, lib: x * _LOG_096)
-    b1_ = _scalar(b1, lambda x, lib: x)
+    log_decay = scalar(momentum_decay, lambda x, lib: x * _LOG_096)
+    b1_ = scalar(b1, lambda x, lib: x)
     mu_t = b1_ * (1.0 - 0.5 * jnp.exp(t * log_decay))
     mu_next = b1_ * (1.0 - 0.5 * jnp.exp((t + 1.0) * log_decay))
-    mu_product = (state.mu_product * mu_t).astype(f32)
+    mu_product = (state.mu_product * mu_t).astype(dtype)
     mu_product_next = mu_product * mu_next
     # Coefficients of g and m_t in m_bar.
     coef_g = (1.0 - mu_t) / (1.0 - mu_product)
     coef_m = mu_next / (1.0 - mu_product_next)
 
     # 1 - b2 ** t = -expm1(t * log(b2)), exact near t = 1 where 1 - b2 ** t is tiny.
-    bias_2 = -jnp.expm1(t * _scalar(b2, lambda x, lib: lib.log(x)))
-    one_minus_b1 = _scalar(b1, lambda x, lib: 1.0 - x)
-    one_minus_b2 = _scalar(b2, lambda x, lib: 1.0 - x)
-    b2_ = _scalar(b2, lambda x, lib: x)
-    eps_ = _scalar(eps, lambda x, lib: x)
+    bias_2 = -jnp.expm1(t * scalar(b2, lambda x, lib: lib.log(x)))
+    one_minus_b1 = scalar(b1, lambda x, lib: 1.0 - x)
+    one_minus_b2 = scalar(b2, lambda x, lib: 1.0 - x)
+    b2_ = scalar(b2, lambda x, lib: x)
+    eps_ = scalar(eps, lambda x, lib: x)
 
+    scalars = dict(b1=b1_, one_minus_b1=one_minus_b1, b2=b2_, one_minus_b2=one_minus_b2,
+                   eps=eps_)
     if eps_root_is_zero:
       # sqrt(v / c) + eps = (sqrt(v) + eps * sqrt(c)) / sqrt(c): fold sqrt(c)
       # into the scalars, leaving one sqrt, one add, one divide per element.
       sqrt_bias_2 = jnp.sqrt(bias_2)
-      coef_g = coef_g * sqrt_bias_2
-      coef_m = coef_m * sqrt_bias_2
-      eps_hat = eps_ * sqrt_bias_2
+      scalars.update(coef_g=coef_g * sqrt_bias_2, coef_m=coef_m * sqrt_bias_2,
+                     eps=eps_ * sqrt_bias_2)
 
-      def denominator(v_t):
-        return jnp.sqrt(v_t) + eps_hat
+      def denominator(v_t, s):
+        return jnp.sqrt(v_t) + s["eps"]
     else:
-      inv_bias_2 = 1.0 / bias_2
-      eps_root_ = _scalar(eps_root, lambda x, lib: x)
+      scalars.update(coef_g=coef_g, coef_m=coef_m, inv_bias_2=1.0 / bias_2,
+                     eps_root=scalar(eps_root, lambda x, lib: x))
 
-      def denominator(v_t):
-        return jnp.sqrt(v_t * inv_bias_2 + eps_root_) + eps_
+      def denominator(v_t, s):
+        return jnp.sqrt(v_t * s["inv_bias_2"] + s["eps_root"]) + s["eps"]
 
     def leaf(g, m, v):
-      compute = jnp.promote_types(g.dtype, f32)
+      compute = jnp.promote_types(g.dtype, jnp.float32)
+      real = jnp.finfo(compute).dtype
+      s = scalars
+      if real != dtype:
+        # A float32 (or narrower) leaf of a float64 tree: the scalars rounded
+        # once to float32, then the leaf computed as in a float32-only tree.
+        s = {k: jnp.asarray(x).astype(real) for k, x in scalars.items()}
       g_c = g.astype(compute)
-      m_t = b1_ * m.astype(compute) + one_minus_b1 * g_c
+      m_t = s["b1"] * m.astype(compute) + s["one_minus_b1"] * g_c
       g_sq = jnp.real(g_c * jnp.conj(g_c)) if jnp.iscomplexobj(g_c) else g_c * g_c
       v_real = jnp.real(v) if jnp.iscomplexobj(v) else v  # |g|^2 kept in a complex v
-      v_t = b2_ * v_real.astype(g_sq.dtype) + one_minus_b2 * g_sq
+      v_t = s["b2"] * v_real.astype(g_sq.dtype) + s["one_minus_b2"] * g_sq
       # Saturate instead of overflowing: an infinite v (|g| above ~1.8e19 in
       # float32, ~256 in float16) would freeze the coordinate, every later
       # step being m / inf = 0. NaN still propagates (NaN > max is False).
@@ -237,8 +292,8 @@ def scale_by_nadam(
       # on 1M-element leaves); the values are the same bits.
       v_max = jax.lax.full_like(v_t, jnp.finfo(v.dtype).max)
       v_t = jax.lax.select(v_t > v_max, v_max, v_t)
-      denom = denominator(v_t)
-      step = (coef_g * g_c + coef_m * m_t) / denom
+      denom = denominator(v_t, s)
+      step = (s["coef_g"] * g_c + s["coef_m"] * m_t) / denom
       if zero_denominator_possible:
         # eps = eps_root = 0 and v_t = 0 (no gradient yet, or g^2 below the
         # smallest float): 0/0 would be NaN; take the step as 0. A NaN denom

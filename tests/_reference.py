@@ -172,6 +172,15 @@ def max_rel_gap(history_a, history_b, scale_of):
   return gap
 
 
+def max_abs_error(history, reference):
+  """Max over steps and leaves of |x - ref| (in float64, or complex128 for complex)."""
+  return max(
+      float(np.max(np.abs(_to64(a) - b), initial=0.0))
+      for step_a, step_r in zip(history, reference, strict=True)
+      for a, b in zip(step_a, step_r, strict=True)
+  )
+
+
 def run_ours(tx, params, grads):
   """Our optimizer `tx` (jitted step) on the gradient sequence."""
   import jax

@@ -116,7 +116,7 @@ def _as_moment(name: str, x: np.ndarray, like: jax.Array, where: str) -> jax.Arr
         "not this optimizer's complex rule."
     )
   cast = np.asarray(x).astype(like.dtype)  # astype always copies: no memory shared
-  if not np.all(np.isfinite(cast.astype(np.float32))):
+  if not np.all(np.isfinite(cast if cast.dtype == np.float64 else cast.astype(np.float32))):
     raise ValueError(f"{where}: {name} holds NaN or Inf (after casting to {like.dtype}).")
   if name == "v" and np.any(cast < 0):
     raise ValueError(f"{where}: v (second moment) has negative entries.")
@@ -230,7 +230,7 @@ def _check_schedule(tx, state, params, slots, owners) -> None:
   probe = state
   for node_path, _ in owners:
     node = dict(find_nadam_states(probe))[node_path]
-    probe = _replace_at(probe, node_path, node._replace(mu_product=jnp.ones([], jnp.float32)))
+    probe = _replace_at(probe, node_path, node._replace(mu_product=jnp.ones_like(node.mu_product)))
   zeros = jax.tree.map(jnp.zeros_like, params)
   _, after = tx.update(zeros, probe, params)
   after_nodes = dict(find_nadam_states(after))
@@ -318,7 +318,7 @@ def build_state(
         new_v.append(_as_moment("v", s.v, v_like, s.where))
     filled = ScaleByNadamState(
         count=jnp.asarray(count, jnp.int32),
-        mu_product=jnp.asarray(mu_product, jnp.float32),
+        mu_product=jnp.asarray(mu_product, node.mu_product.dtype),  # float64 for float64 params
         m=jax.tree_util.tree_unflatten(m_def, new_m),
         v=jax.tree_util.tree_unflatten(jax.tree.structure(node.v), new_v),
     )
@@ -338,8 +338,11 @@ def _to_numpy(x: Any) -> np.ndarray:
   return x if x.dtype in (np.float16, np.float32, np.float64) else x.astype(np.float32)
 
 
-def read_state(state: Any, params: Any) -> List[Tuple[int, float, np.ndarray, np.ndarray]]:
+def read_state(state: Any, params: Any) -> List[Tuple[int, np.floating, np.ndarray, np.ndarray]]:
   """Per params leaf, ``(count, mu_product, m, v)`` (numpy copies) from `state`.
+
+  ``mu_product`` is a numpy scalar of the state's dtype (float32, or float64
+  for float64 params), so an export keeps every bit.
 
   Args:
     state: a state of a tx containing scale_by_nadam, for `params`.
@@ -355,7 +358,7 @@ def read_state(state: Any, params: Any) -> List[Tuple[int, float, np.ndarray, np
   out: List[Any] = [None] * len(paths)
   for node_path, _ in owners:
     node = nodes[node_path]
-    count, mu_product = int(node.count), float(node.mu_product)
+    count, mu_product = int(node.count), np.asarray(node.mu_product)[()]
     m_leaves = jax.tree_util.tree_flatten_with_path(node.m)[0]
     for (leaf_path, m), v in zip(m_leaves, jax.tree.leaves(node.v)):
       if jnp.iscomplexobj(m):

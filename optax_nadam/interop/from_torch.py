@@ -4,6 +4,7 @@ import sys
 import warnings
 from typing import Any, List, Mapping
 
+import numpy as np
 import optax
 
 from optax_nadam import _tree
@@ -191,7 +192,8 @@ def state_to_torch(state: optax.OptState, params: optax.Params, optimizer: Any) 
       )
     new_state[pid] = {
         "step": torch.tensor(float(count), dtype=torch.float32),
-        "mu_product": torch.tensor(mu_product, dtype=torch.float32),
+        # float32, or float64 for float64 params (torch casts it to the param's dtype).
+        "mu_product": torch.from_numpy(np.array(mu_product)),
         "exp_avg": torch.from_numpy(m.copy()),
         "exp_avg_sq": torch.from_numpy(v.copy()),
     }

@@ -47,9 +47,10 @@ class KerasMethods:
       state: this optimizer's state.
 
     Returns:
-      A float32 scalar.
+      A float32 scalar (float64 for float64 params under x64).
     """
-    return self._learning_rate(self._real_step(state))
+    return self._learning_rate(self._real_step(state),
+                               find_nadam_state(state).mu_product.dtype)
 
   def get_slot_names(self) -> Tuple[str, str]:
     """The slot names, ``("m", "v")``, as tf-keras legacy Nadam.
@@ -95,8 +96,10 @@ class KerasMethods:
   def get_weights(self, state: Any) -> list:
     """The state in tf-keras legacy Nadam's ``get_weights()`` order.
 
-    ``[iterations (int64), momentum cache = mu-product (float32), m..., v...]``,
-    numpy arrays, leaves in `jax.tree.leaves` order.
+    ``[iterations (int64), momentum cache = mu-product, m..., v...]``, numpy
+    arrays, leaves in `jax.tree.leaves` order. The mu-product is float32, or
+    float64 when a parameter is float64 (under ``jax_enable_x64``);
+    `set_weights` casts each weight to the state's dtype.
 
     Args:
       state: this optimizer's state.

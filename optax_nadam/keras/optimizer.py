@@ -242,12 +242,13 @@ class Nadam(KerasMethods, optax.GradientTransformationExtraArgs):
       step = step * self._k + multi.mini_step
     return step
 
-  def _learning_rate(self, step: chex.Array) -> chex.Array:
+  def _learning_rate(self, step: chex.Array, dtype: Any = jnp.float32) -> chex.Array:
+    """The learning rate at `step`, in `dtype` (the state's mu-product dtype)."""
     lr = self._schedule(step) if self._schedule else self._config["learning_rate"]
-    lr = jnp.asarray(lr, jnp.float32)
+    lr = jnp.asarray(lr, dtype)
     decay = self._config["decay"]
     if not (isinstance(decay, float) and decay == 0.0):  # traced under inject_hyperparams
-      lr = lr / (1.0 + jnp.asarray(decay, jnp.float32) * jnp.asarray(step, jnp.float32))
+      lr = lr / (1.0 + jnp.asarray(decay, dtype) * jnp.asarray(step, dtype))
     return lr
 
   def _step(self, grads, state: KerasNadamState, params, present: Optional[Tuple[bool, ...]]):
@@ -256,7 +257,9 @@ class Nadam(KerasMethods, optax.GradientTransformationExtraArgs):
     if params is None and (c["weight_decay"] or c["use_ema"]):
       raise ValueError("Nadam.update needs `params` when weight_decay or use_ema is set.")
     step = self._real_step(state)
-    lr = self._learning_rate(step)
+    # float32, or float64 for float64 params (the core's dtype policy).
+    scalar_dtype = find_nadam_state(state).mu_product.dtype
+    lr = self._learning_rate(step, scalar_dtype)
     updates, core = self._core.update(grads, state.core, params)
     if present is not None:
       def keep(new, old):
@@ -271,7 +274,7 @@ class Nadam(KerasMethods, optax.GradientTransformationExtraArgs):
     ema = state.ema
     if c["use_ema"]:
       floor_iter = step // self._k
-      momentum = jnp.where(floor_iter != 0, jnp.asarray(c["ema_momentum"], jnp.float32), 0.0)
+      momentum = jnp.where(floor_iter != 0, jnp.asarray(c["ema_momentum"], scalar_dtype), 0.0)
       ema = jax.tree.map(lambda a, p: (momentum * a + (1 - momentum) * p).astype(a.dtype),
                          state.ema, new_params)
       if c["ema_overwrite_frequency"] is not None:

@@ -62,7 +62,10 @@ def map_special_nodes(new: Any, old: Any, keep: Callable[[Any, Any], Any]) -> An
 
 
 def weights_from_state(state: Any) -> List[np.ndarray]:
-  """``[iterations (int64), mu_product (float32), m..., v...]`` as numpy arrays.
+  """``[iterations (int64), mu_product, m..., v...]`` as numpy arrays.
+
+  ``mu_product`` keeps the state's dtype: float32 (tf-keras legacy's momentum
+  cache), or float64 for float64 params under ``jax_enable_x64``.
 
   Args:
     state: a state holding one `ScaleByNadamState`.
@@ -71,7 +74,7 @@ def weights_from_state(state: Any) -> List[np.ndarray]:
     tf-keras legacy Nadam's ``get_weights()`` layout.
   """
   nadam = find_nadam_state(state)
-  return ([np.asarray(nadam.count, np.int64), np.asarray(nadam.mu_product, np.float32)]
+  return ([np.asarray(nadam.count, np.int64), np.array(nadam.mu_product)]
           + [np.array(x) for x in jax.tree.leaves(nadam.m)]
           + [np.array(x) for x in jax.tree.leaves(nadam.v)])
 
