@@ -1,39 +1,89 @@
-"""Keyword and config validation for `optax_nadam.keras.Nadam` (private).
+"""`NadamConfig`: the validated, frozen arguments of `optax_nadam.keras.Nadam` (private).
 
 Everything here is plain-data checking: values are numbers, bools, strings,
 lists of strings or Keras schedule dicts; nothing is evaluated or unpickled.
+Each argument has one validator in `VALIDATORS`; the numeric rules (and the
+ranges the core shares) are `optax_nadam._validation`'s.
 """
 
 import copy
+import dataclasses
 import re
 import warnings
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from optax_nadam import _validation
 from optax_nadam.keras import schedules as _keras_schedules
 
-# Constructor order: the first five are Nadam's positional parameters.
+
+@dataclasses.dataclass(frozen=True)
+class NadamConfig:
+  """The validated arguments of `Nadam`, immutable and hashable (a jit static argument).
+
+  Build one with `NadamConfig.create` (validates); change one with
+  `dataclasses.replace` followed by `create(**config.kwargs())`, never in place.
+  Field order is `Nadam`'s argument order; the first five are positional there.
+
+  Attributes:
+    learning_rate: a float, a callable schedule, or a `KerasSchedule`.
+    exclude_from_weight_decay: a tuple of regexes.
+    The others: as `Nadam`'s arguments, numbers as Python floats/ints (or
+    traced scalars under `optax.inject_hyperparams`).
+  """
+
+  learning_rate: Union[float, Callable[[Any], Any], _keras_schedules.KerasSchedule] = 0.001
+  beta_1: float = 0.9
+  beta_2: float = 0.999
+  epsilon: float = 1e-07
+  name: str = "Nadam"
+  schedule_decay: float = 0.004
+  decay: float = 0.0
+  clipnorm: Optional[float] = None
+  clipvalue: Optional[float] = None
+  global_clipnorm: Optional[float] = None
+  weight_decay: Optional[float] = None
+  exclude_from_weight_decay: Tuple[str, ...] = ()
+  use_ema: bool = False
+  ema_momentum: float = 0.99
+  ema_overwrite_frequency: Optional[int] = None
+  loss_scale_factor: Optional[float] = None
+  gradient_accumulation_steps: Optional[int] = None
+
+  @classmethod
+  def create(cls, **kwargs: Any) -> "NadamConfig":
+    """Validates `Nadam`'s keyword arguments (``lr`` too) into a config.
+
+    Raises:
+      TypeError: an unknown keyword, or a value of the wrong type.
+      ValueError: a value out of range, or two arguments that exclude each other.
+    """
+    c = normalize(kwargs)
+    lr = c["learning_rate"]
+    if isinstance(lr, dict):
+      c["learning_rate"] = _keras_schedules.KerasSchedule.from_dict(lr)
+    c["exclude_from_weight_decay"] = tuple(c["exclude_from_weight_decay"])
+    return cls(**c)
+
+  def kwargs(self) -> Dict[str, Any]:
+    """The fields as `Nadam` keyword arguments (a schedule as its dict, exclusions a list)."""
+    c = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    if isinstance(self.learning_rate, _keras_schedules.KerasSchedule):
+      c["learning_rate"] = self.learning_rate.as_dict()
+    c["exclude_from_weight_decay"] = list(self.exclude_from_weight_decay)
+    return c
+
+  @property
+  def accumulation(self) -> int:
+    """k of gradient accumulation (1 without)."""
+    return self.gradient_accumulation_steps or 1
+
+
+# Argument order and defaults, as `Nadam`'s signature (exclusions as Keras's list).
 DEFAULTS: Dict[str, Any] = {
-    "learning_rate": 0.001,
-    "beta_1": 0.9,
-    "beta_2": 0.999,
-    "epsilon": 1e-07,
-    "name": "Nadam",
-    "schedule_decay": 0.004,
-    "decay": 0.0,
-    "clipnorm": None,
-    "clipvalue": None,
-    "global_clipnorm": None,
-    "weight_decay": None,
-    "exclude_from_weight_decay": [],
-    "use_ema": False,
-    "ema_momentum": 0.99,
-    "ema_overwrite_frequency": None,
-    "loss_scale_factor": None,
-    "gradient_accumulation_steps": None,
-}
+    f.name: f.default for f in dataclasses.fields(NadamConfig)}
+DEFAULTS["exclude_from_weight_decay"] = []
 # Keys the peers write that have no effect here (XLA always compiles).
 _IGNORED_PEER_KEYS = ("jit_compile", "is_legacy_optimizer")
 # The first key here that a config has marks it as written by Keras 3 or by

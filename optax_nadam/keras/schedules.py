@@ -10,8 +10,9 @@ raise a ValueError naming them; every number is checked by `_validation`
 decay_rate in [0, 1], CosineDecay's alpha in [0, 1], finite float32 values).
 """
 
+import dataclasses
 import math
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Tuple
 
 import jax.numpy as jnp
 
@@ -145,22 +146,13 @@ def _checked(loc: str, value: Any, rule: Any) -> Any:
   return _validation.number(loc, value, rule, plain=True)
 
 
-def from_keras_config(spec: Dict[str, Any]) -> Schedule:
-  """Builds a jax schedule from a Keras schedule config dict.
-
-  Args:
-    spec: ``{"class_name": ..., "config": {...}}`` as written by
-      `keras.optimizers.schedules.serialize` (``"module"`` and
-      ``"registered_name"`` are accepted and ignored).
-
-  Returns:
-    A function ``step -> float32 learning rate``.
-
-  Raises:
-    ValueError: unknown class or key, missing key, out-of-range value.
-    TypeError: a value of the wrong type.
-  """
+def _parse(spec: Any) -> Tuple[Callable[[Dict[str, Any]], Schedule], Dict[str, Any],
+                                Dict[str, Any]]:
+  """(builder, full config with defaults, `spec` with its numbers made plain floats)."""
   where = "learning_rate"
+  if not isinstance(spec, dict):
+    raise TypeError(f"{where} must be a number, a callable or a Keras schedule config dict, "
+                    f"got {type(spec).__name__}.")
   unknown = set(spec) - {"class_name", "config", "module", "registered_name"}
   if unknown:
     raise ValueError(f"{where}: unknown schedule key(s) {sorted(unknown)}.")
@@ -179,12 +171,71 @@ def from_keras_config(spec: Dict[str, Any]) -> Schedule:
   unknown = set(config) - set(defaults)
   if unknown:
     raise ValueError(f"{where}: unknown {name} key(s) {sorted(unknown)}.")
+  given = {key: _checked(f"{where}['config'][{key!r}]", value, defaults[key][1])
+           for key, value in config.items()}
   c = {}
-  for key, (default, rule) in defaults.items():
-    if key not in config:
-      if default is ...:
-        raise ValueError(f"{where}: {name} needs {key!r}.")
-      c[key] = default
-      continue
-    c[key] = _checked(f"{where}['config'][{key!r}]", config[key], rule)
+  for key, (default, _) in defaults.items():
+    if key not in given and default is ...:
+      raise ValueError(f"{where}: {name} needs {key!r}.")
+    c[key] = given.get(key, default)
+  return builder, c, {**spec, "config": given}
+
+
+def from_keras_config(spec: Dict[str, Any]) -> Schedule:
+  """Builds a jax schedule from a Keras schedule config dict.
+
+  Args:
+    spec: ``{"class_name": ..., "config": {...}}`` as written by
+      `keras.optimizers.schedules.serialize` (``"module"`` and
+      ``"registered_name"`` are accepted and ignored).
+
+  Returns:
+    A function ``step -> float32 learning rate``.
+
+  Raises:
+    ValueError: unknown class or key, missing key, out-of-range value.
+    TypeError: a value of the wrong type.
+  """
+  builder, c, _ = _parse(spec)
   return builder(c)
+
+
+def _freeze(x: Any) -> Any:
+  if isinstance(x, dict):
+    return ("dict", tuple((k, _freeze(v)) for k, v in x.items()))
+  if isinstance(x, (list, tuple)):
+    return ("list", tuple(_freeze(v) for v in x))
+  return ("value", x)
+
+
+def _thaw(x: Any) -> Any:
+  kind, content = x
+  if kind == "dict":
+    return {k: _thaw(v) for k, v in content}
+  if kind == "list":
+    return [_thaw(v) for v in content]
+  return content
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasSchedule:
+  """A validated Keras schedule config dict, frozen so that it hashes.
+
+  Attributes:
+    frozen: the dict as nested tagged tuples (see `as_dict`).
+  """
+
+  frozen: Tuple[Any, ...]
+
+  @classmethod
+  def from_dict(cls, spec: Dict[str, Any]) -> "KerasSchedule":
+    """Validates `spec` (see `from_keras_config`) and freezes it, numbers as floats."""
+    return cls(_freeze(_parse(spec)[2]))
+
+  def as_dict(self) -> Dict[str, Any]:
+    """The config dict (a fresh, plain-data copy)."""
+    return _thaw(self.frozen)
+
+  def schedule(self) -> Schedule:
+    """The jax schedule ``step -> float32 learning rate``."""
+    return from_keras_config(self.as_dict())
