@@ -1,14 +1,85 @@
-"""Eager checks of hyperparameters: clear errors at construction time.
+"""Every numeric check of a hyperparameter, with one rule set (private).
 
-Hyperparameters may be Python numbers, concrete jax/numpy scalars, traced
-arrays (under `jit` or `optax.inject_hyperparams`) or, for the learning rate,
-schedules. Only concrete values can be checked; traced ones pass through.
+A concrete hyperparameter must be finite, representable in the dtype it is
+used in (float32 scalars: magnitude <= 3.4e38; counters: int32) and give
+finite steps for finite gradients; otherwise it is refused at construction
+with a `ValueError` (out of range) or `TypeError` (not a number) that names
+the argument, its value and the allowed range. The rules:
+
+- Python ints and floats, numpy scalars and concrete jax/numpy scalar arrays
+  are numbers; bools (Python or numpy), strings, None and containers are not.
+- Traced scalars (under `jit` or `optax.inject_hyperparams`) pass through: they
+  are checked where they are concrete (``inject_hyperparams`` calls the factory
+  once eagerly in ``init``).
+- Ints that size the computation (counters) must be concrete, in [low, 2**31-1].
+
+`Range` objects state each interval once; the core (`transform`, `alias`) and
+the Keras front (`keras.config`, `keras.schedules`) use the same objects.
 """
 
+import dataclasses
 import math
+import numbers
 from typing import Any, Optional
 
 import jax
+import numpy as np
+
+F32_MAX = float(np.finfo(np.float32).max)  # 3.4e38
+F32_TINY = float(np.finfo(np.float32).tiny)  # 1.2e-38, the smallest normal float32
+# A float32 norm (or NAdam direction m / sqrt(v)) is at most sqrt(F32_MAX) ~ 1.8e19 when
+# its square is finite; a multiplier of such a value stays finite up to the same bound.
+SQRT_F32_MAX = math.sqrt(F32_MAX)
+INT32_MAX = 2**31 - 1
+
+
+def _g(x: float) -> str:
+  return f"{x:.3g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """An interval of finite float32 numbers that a hyperparameter must lie in.
+
+  Attributes:
+    low: the lower bound.
+    high: the upper bound (float32's largest finite value unless tighter).
+    low_open: whether `low` itself is excluded.
+    high_open: whether `high` itself is excluded.
+    why: a short reason quoted in the error, e.g. how to get "no clipping".
+  """
+
+  low: float = 0.0
+  high: float = F32_MAX
+  low_open: bool = False
+  high_open: bool = False
+  why: str = ""
+
+  def text(self) -> str:
+    """The interval as ``[0, 1)``."""
+    return (("(" if self.low_open else "[") + f"{_g(self.low)}, {_g(self.high)}"
+            + (")" if self.high_open else "]"))
+
+  def contains(self, x: float) -> bool:
+    """Whether the Python float `x` lies in the interval (NaN never does)."""
+    lo_ok = x > self.low if self.low_open else x >= self.low
+    hi_ok = x < self.high if self.high_open else x <= self.high
+    return lo_ok and hi_ok
+
+
+# The core's ranges, stated once; the Keras front reuses them under its own names.
+UNIT_OPEN = Range(0.0, 1.0, high_open=True)  # b1/beta_1, b2/beta_2
+NON_NEGATIVE = Range(0.0)  # eps, eps_root, momentum_decay, decay, weight_decay
+LEARNING_RATE = Range(0.0, SQRT_F32_MAX, why=(
+    "a NAdam step is the learning rate times a direction m/sqrt(v) that a float32 state "
+    "bounds by sqrt(3.4e38) ~ 1.8e19; a larger rate can overflow float32"))
+# lr * weight_decay above this makes the decoupled decay factor |1 - lr*wd| exceed 1:
+# the params grow geometrically to inf.
+MAX_DECAY_PRODUCT = 2.0
+
+
+def _is_tracer(value: Any) -> bool:
+  return isinstance(value, jax.core.Tracer)
 
 
 def concrete_float(value: Any) -> Optional[float]:
@@ -18,49 +89,183 @@ def concrete_float(value: Any) -> Optional[float]:
     value: a Python number, a numpy/jax scalar, or a tracer.
 
   Returns:
-    The float value, or None when `value` is traced (its value unknown now).
+    The float value, or None when `value` is traced (its value unknown now)
+    or not a number.
   """
-  if isinstance(value, jax.core.Tracer):
+  if _is_tracer(value):
     return None
   try:
     return float(value)
-  except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
+  except (TypeError, ValueError, OverflowError, jax.errors.ConcretizationTypeError):
     return None
 
 
-def check_range(
-    name: str,
-    value: Any,
-    low: float,
-    high: float = math.inf,
-    high_open: bool = False,
-) -> None:
-  """Raises ValueError when a concrete `value` lies outside its allowed range.
+def _scalar_value(name: str, value: Any, kind: str) -> Optional[float]:
+  """`value` as a Python float (None when traced); TypeError if not a number."""
+  if isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be {kind}, not a bool; got {value!r}.")
+  if hasattr(value, "dtype") and hasattr(value, "shape"):  # jax/numpy arrays and scalars
+    dtype = value.dtype
+    if not (jax.numpy.issubdtype(dtype, jax.numpy.floating)
+            or jax.numpy.issubdtype(dtype, jax.numpy.integer)):
+      raise TypeError(f"{name} must be {kind}, got an array of dtype {dtype}.")
+    if tuple(value.shape) != ():
+      raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}.")
+    return None if _is_tracer(value) else float(value)
+  if isinstance(value, numbers.Real):
+    try:
+      return float(value)
+    except OverflowError:  # an int beyond float64
+      return math.inf if value > 0 else -math.inf
+  raise TypeError(f"{name} must be {kind}, got {value!r} ({type(value).__name__}).")
+
+
+def number(name: str, value: Any, allowed: Range = NON_NEGATIVE, *, plain: bool = False) -> Any:
+  """Checks a float hyperparameter against `allowed`; returns its canonical value.
 
   Args:
-    name: the argument's name, quoted in the message.
-    value: the hyperparameter (checked only when concrete).
-    low: inclusive lower bound.
-    high: upper bound.
-    high_open: whether `high` itself is excluded.
+    name: the argument's name (or config path), quoted in the message.
+    value: a Python number, a numpy/jax scalar, or a traced scalar.
+    allowed: the interval it must lie in.
+    plain: return a Python float for every concrete value (configs); else
+      Python ints become floats (never an int that overflows int32 in jit) and
+      arrays are returned as given (their dtype is the caller's choice).
 
   Returns:
-    None.
+    The value: a tracer unchanged, else a Python float or the given array.
 
   Raises:
-    ValueError: `value` is NaN or out of range.
-    TypeError: `value` is neither a number nor an array scalar.
+    TypeError: not a number (bools and strings included).
+    ValueError: NaN, infinite, or outside `allowed`.
   """
-  if isinstance(value, (str, bytes, bool)) or value is None:
-    raise TypeError(f"{name} must be a number, got {value!r}.")
-  x = concrete_float(value)
+  x = _scalar_value(name, value, "a number")
   if x is None:
-    if not hasattr(value, "dtype"):
-      raise TypeError(f"{name} must be a number or a scalar array, got {value!r}.")
-    if getattr(value, "shape", ()) != ():
-      raise ValueError(f"{name} must be a scalar, got shape {value.shape}.")
+    return value  # traced: checked when concrete
+  if not allowed.contains(x):
+    why = f" ({allowed.why})" if allowed.why else ""
+    raise ValueError(f"{name} must be a finite number in {allowed.text()}{why}; got {value!r}.")
+  if plain or not hasattr(value, "dtype"):
+    return float(x)
+  return value
+
+
+def optional_number(name: str, value: Any, allowed: Range, *, plain: bool = False) -> Any:
+  """`number`, or None for None."""
+  return None if value is None else number(name, value, allowed, plain=plain)
+
+
+def integer(name: str, value: Any, low: int, high: int = INT32_MAX) -> int:
+  """Checks an int hyperparameter that sizes the computation (an int32 counter).
+
+  Args:
+    name: the argument's name.
+    value: a Python int, numpy integer or concrete integer scalar array.
+    low: the smallest allowed value.
+    high: the largest (int32's maximum unless tighter).
+
+  Returns:
+    The value as a Python int.
+
+  Raises:
+    TypeError: not an int (bools, floats and traced values included).
+    ValueError: outside [low, high].
+  """
+  if _is_tracer(value):
+    raise TypeError(f"{name} must be a concrete int (it sizes the computation); got a traced "
+                    "value. Under optax.inject_hyperparams pass it in static_args.")
+  is_int_array = hasattr(value, "dtype") and np.issubdtype(np.dtype(value.dtype), np.integer)
+  if isinstance(value, (bool, np.bool_)) or not (
+      isinstance(value, numbers.Integral) or is_int_array):
+    raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__}).")
+  if tuple(getattr(value, "shape", ())) != ():
+    raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}.")
+  i = int(value)
+  if not low <= i <= high:
+    raise ValueError(f"{name} must be an int in [{low}, {high}] (an int32 counter); got {i}.")
+  return i
+
+
+def optional_integer(name: str, value: Any, low: int, high: int = INT32_MAX) -> Optional[int]:
+  """`integer`, or None for None."""
+  return None if value is None else integer(name, value, low, high)
+
+
+def boolean(name: str, value: Any) -> bool:
+  """Checks a flag: a Python or numpy bool (not 0/1); returns a Python bool.
+
+  Raises:
+    TypeError: anything else.
+  """
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__}).")
+  return bool(value)
+
+
+def decay_product(learning_rate: Any, weight_decay: Any, names=("learning_rate",
+                                                                "weight_decay")) -> None:
+  """Refuses a concrete ``learning_rate * weight_decay`` above `MAX_DECAY_PRODUCT`.
+
+  Decoupled weight decay multiplies every parameter by ``1 - lr * wd`` each
+  step; above 2 that factor's magnitude exceeds 1 and the params grow without
+  bound. Traced values or a schedule are not checked.
+
+  Raises:
+    ValueError: the product exceeds 2.
+  """
+  lr, wd = concrete_float(learning_rate), concrete_float(weight_decay)
+  if lr is None or wd is None or callable(learning_rate):
     return
-  closing = ")" if high_open else "]"
-  bounds = f"[{low:g}, {high:g}{closing}" if high != math.inf else f">= {low:g}"
-  if math.isnan(x) or x < low or x > high or (high_open and x == high):
-    raise ValueError(f"{name} must be in {bounds}, got {x!r}.")
+  if lr * wd > MAX_DECAY_PRODUCT:
+    raise ValueError(
+        f"{names[0]} * {names[1]} = {_g(lr)} * {_g(wd)} = {_g(lr * wd)} must be <= "
+        f"{_g(MAX_DECAY_PRODUCT)}: decoupled weight decay multiplies the params by "
+        f"1 - {names[0]} * {names[1]} each step, which above 2 grows them without bound.")
+
+
+def float_dtype(name: str, value: Any) -> Any:
+  """Checks an optional floating dtype (e.g. ``mu_dtype``); returns it as a dtype or None.
+
+  Raises:
+    TypeError: not a dtype, or not a floating (or complex) one.
+  """
+  if value is None:
+    return None
+  if isinstance(value, (bool, np.bool_, numbers.Number)):
+    raise TypeError(f"{name} must be a floating dtype (e.g. jnp.bfloat16) or None, got "
+                    f"{value!r}.")
+  try:
+    dtype = jax.numpy.dtype(value)
+  except TypeError:
+    raise TypeError(f"{name} must be a floating dtype (e.g. jnp.bfloat16) or None, got "
+                    f"{value!r}.") from None
+  if not jax.numpy.issubdtype(dtype, jax.numpy.inexact):
+    raise ValueError(f"{name} must be a floating dtype, got {dtype}.")
+  return dtype
+
+
+def check_finite_scalar(where: str, value: Any) -> float:
+  """A concrete size-1 array or number read from outside (a file, a peer) as a finite float.
+
+  For state imported from peers (`optax_nadam.interop`), where a value is data,
+  not a hyperparameter: any finite float64 is accepted.
+
+  Args:
+    where: the peer variable, quoted in the message.
+    value: a number or an array with one element (numpy, jax, ...).
+
+  Returns:
+    The Python float.
+
+  Raises:
+    TypeError: not numeric (bools included).
+    ValueError: more than one element, NaN or infinite.
+  """
+  a = np.asarray(value)
+  if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.number):
+    raise TypeError(f"{where} has dtype {a.dtype}; expected a number.")
+  if a.size != 1:
+    raise ValueError(f"{where} has shape {a.shape}; expected a scalar.")
+  x = float(a.reshape(()).real)
+  if not math.isfinite(x):
+    raise ValueError(f"{where} is {x}; expected a finite number.")
+  return x

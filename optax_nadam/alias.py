@@ -3,15 +3,31 @@
 from typing import Any, Callable, Optional, Union
 
 import chex
+import jax
+import numpy as np
 import optax
 
 from optax_nadam import _validation
+from optax_nadam._tree import path_str as _path_str
 from optax_nadam.transform import scale_by_nadam
 
 
-def _check_learning_rate(learning_rate: optax.ScalarOrSchedule) -> None:
-  if not callable(learning_rate):
-    _validation.check_range("learning_rate", learning_rate, 0.0)
+def _check_learning_rate(learning_rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
+  if callable(learning_rate):
+    return learning_rate
+  return _validation.number("learning_rate", learning_rate, _validation.LEARNING_RATE)
+
+
+def _check_mask(mask: Any) -> Any:
+  """None, a callable, or a tree of bools (as `optax.masked` takes)."""
+  if mask is None or callable(mask):
+    return mask
+  for path, leaf in jax.tree_util.tree_flatten_with_path(mask)[0]:
+    if not isinstance(leaf, (bool, np.bool_)) and not (
+        hasattr(leaf, "dtype") and np.dtype(leaf.dtype) == np.bool_):
+      raise TypeError(f"mask must be None, a callable or a tree of bools; the leaf at "
+                      f"{_path_str(path)} is {leaf!r}.")
+  return mask
 
 
 def nadam(
@@ -45,8 +61,9 @@ def nadam(
     0.9894
 
   Args:
-    learning_rate: a float >= 0, a jax scalar, or an optax schedule (called
-      with the step count before it is incremented, like `optax.adam`).
+    learning_rate: a float in [0, 1.8e19] (see `Raises`), a jax scalar, or an
+      optax schedule (called with the step count before it is incremented,
+      like `optax.adam`).
     b1: base momentum coefficient, in [0, 1).
     b2: decay of the second moment, in [0, 1).
     eps: added to the denominator after the square root, >= 0.
@@ -60,13 +77,17 @@ def nadam(
     An `optax.GradientTransformation`.
 
   Raises:
-    ValueError: a concrete hyperparameter is outside its range.
+    ValueError: a concrete hyperparameter is NaN, infinite or outside its
+      range; learning_rate's is [0, sqrt(float32 max) ~ 1.8e19] (the step is
+      learning_rate times a direction m/sqrt(v) that float32 bounds by the
+      same number, so their product stays finite).
+    TypeError: a hyperparameter is not a number (bools and strings included).
 
   References:
     Dozat, 2016, "Incorporating Nesterov Momentum into Adam", ICLR workshop.
     TensorFlow/Keras documentation of `tf.keras.optimizers.Nadam`.
   """
-  _check_learning_rate(learning_rate)
+  learning_rate = _check_learning_rate(learning_rate)
   return optax.chain(
       scale_by_nadam(b1, b2, eps, eps_root, momentum_decay, mu_dtype),
       optax.scale_by_learning_rate(learning_rate),
@@ -92,14 +113,16 @@ def nadamw(
   scale_by_learning_rate(learning_rate))``. The update needs ``params``.
 
   Args:
-    learning_rate: a float >= 0, a jax scalar, or an optax schedule.
+    learning_rate: a float in [0, 1.8e19], a jax scalar, or an optax schedule.
     b1: base momentum coefficient, in [0, 1).
     b2: decay of the second moment, in [0, 1).
     eps: added to the denominator after the square root, >= 0.
     eps_root: added inside the square root, >= 0.
     momentum_decay: ``psi`` of the momentum schedule (see `nadam`).
     mu_dtype: optional dtype of the first moment.
-    weight_decay: decoupled decay rate, >= 0.
+    weight_decay: decoupled decay rate, >= 0, with ``learning_rate *
+      weight_decay <= 2`` when both are numbers (each step multiplies the
+      params by ``1 - learning_rate * weight_decay``).
     mask: a tree of booleans like the params, or a callable returning one;
       True where weight decay applies (as in `optax.adamw`).
 
@@ -107,14 +130,19 @@ def nadamw(
     An `optax.GradientTransformation`.
 
   Raises:
-    ValueError: a concrete hyperparameter is outside its range.
+    ValueError: a concrete hyperparameter is NaN, infinite or outside its
+      range (see `nadam`), or ``learning_rate * weight_decay > 2``.
+    TypeError: a hyperparameter is not a number, or mask is not None, a
+      callable or a tree of bools.
 
   References:
     Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization".
     Dozat, 2016, "Incorporating Nesterov Momentum into Adam".
   """
-  _check_learning_rate(learning_rate)
-  _validation.check_range("weight_decay", weight_decay, 0.0)
+  learning_rate = _check_learning_rate(learning_rate)
+  weight_decay = _validation.number("weight_decay", weight_decay, _validation.NON_NEGATIVE)
+  _validation.decay_product(learning_rate, weight_decay)
+  mask = _check_mask(mask)
   return optax.chain(
       scale_by_nadam(b1, b2, eps, eps_root, momentum_decay, mu_dtype),
       optax.add_decayed_weights(weight_decay, mask),

@@ -197,20 +197,21 @@ def scale_by_nadam(
     An `optax.GradientTransformation` whose state is `ScaleByNadamState`.
 
   Raises:
-    ValueError: a concrete hyperparameter is outside its range.
+    ValueError: a concrete hyperparameter is NaN, infinite or outside its
+      range (b1, b2 in [0, 1); eps, eps_root, momentum_decay in [0, 3.4e38]).
+    TypeError: a hyperparameter is not a number (bools and strings included)
+      or mu_dtype is not a dtype.
 
   References:
     Dozat, 2016, "Incorporating Nesterov Momentum into Adam", ICLR workshop.
     TensorFlow/Keras documentation of `tf.keras.optimizers.Nadam`.
   """
-  _validation.check_range("b1", b1, 0.0, 1.0, high_open=True)
-  _validation.check_range("b2", b2, 0.0, 1.0, high_open=True)
-  _validation.check_range("eps", eps, 0.0)
-  _validation.check_range("eps_root", eps_root, 0.0)
-  _validation.check_range("momentum_decay", momentum_decay, 0.0)
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
-  if mu_dtype is not None and not jnp.issubdtype(mu_dtype, jnp.inexact):
-    raise ValueError(f"mu_dtype must be a floating dtype, got {mu_dtype}.")
+  b1 = _validation.number("b1", b1, _validation.UNIT_OPEN)
+  b2 = _validation.number("b2", b2, _validation.UNIT_OPEN)
+  eps = _validation.number("eps", eps, _validation.NON_NEGATIVE)
+  eps_root = _validation.number("eps_root", eps_root, _validation.NON_NEGATIVE)
+  momentum_decay = _validation.number("momentum_decay", momentum_decay, _validation.NON_NEGATIVE)
+  mu_dtype = _validation.float_dtype("mu_dtype", mu_dtype)
   eps_root_is_zero = _validation.concrete_float(eps_root) == 0.0
   # eps * sqrt(1 - b2**t) stays a normal float32 for eps >= 1e-29 (1 - b2 >= 1e-16).
   zero_denominator_possible = not (

@@ -279,9 +279,7 @@ def test_keras3_kwargs_match_keras3(label):
   kwargs, exclude = KERAS3[label]
   params, grads = _problem()
   peer, peer_opt = run_keras3(params, grads, exclude=exclude, **_keras3_kwargs(kwargs))
-  opt = Nadam(schedule_decay=1.0, **kwargs)
-  if exclude:
-    opt.exclude_from_weight_decay(var_names=exclude)
+  opt = Nadam(schedule_decay=1.0, exclude_from_weight_decay=exclude or [], **kwargs)
   ours, state = run_ours_named(opt, params, grads)
   _check(label, "Keras 3", ours, peer)
   assert int(opt.iterations(state)) == int(peer_opt.iterations)
@@ -293,8 +291,7 @@ def test_keras3_kwargs_match_keras3(label):
 
 def test_weight_decay_exclusion_really_excludes():
   params, grads = _problem(steps=10)
-  opt = Nadam(0.01, weight_decay=0.5, schedule_decay=1.0)
-  opt.exclude_from_weight_decay(var_names=["bias"])
+  opt = Nadam(0.01, weight_decay=0.5, schedule_decay=1.0, exclude_from_weight_decay=["bias"])
   with_excl, _ = run_ours_named(opt, params, grads)
   without, _ = run_ours_named(Nadam(0.01, weight_decay=0.5, schedule_decay=1.0), params, grads)
   plain, _ = run_ours_named(Nadam(0.01, schedule_decay=1.0), params, grads)

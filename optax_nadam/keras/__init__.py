@@ -4,13 +4,14 @@
 methods (``apply_gradients``, ``get_slot``, ``get_config``...) as pure
 functions of an explicit state. Modules:
 
-- `optimizer`: the `Nadam` class and `KerasNadamState`.
-- `config`: keyword and config validation, the psi rule for peer configs.
+- `optimizer`: the `Nadam` class (immutable: a config, its transformation, the methods).
+- `config`: `NadamConfig`, the frozen validated arguments; the psi rule for peer configs.
+- `build`: ``build(config)``, the optax transformation; the update order; `KerasNadamState`.
 - `schedules`: Keras learning-rate schedule configs as optax schedules.
 - `methods`: the Keras methods on explicit state.
 - `state`: finding, naming and replacing nodes of the state.
 """
 
-from optax_nadam.keras.optimizer import KerasNadamState, Nadam
+from optax_nadam.keras.optimizer import KerasNadamState, Nadam, NadamConfig
 
-__all__ = ["KerasNadamState", "Nadam"]
+__all__ = ["KerasNadamState", "Nadam", "NadamConfig"]

@@ -1,41 +1,89 @@
-"""Keyword and config validation for `optax_nadam.keras.Nadam` (private).
+"""`NadamConfig`: the validated, frozen arguments of `optax_nadam.keras.Nadam` (private).
 
 Everything here is plain-data checking: values are numbers, bools, strings,
 lists of strings or Keras schedule dicts; nothing is evaluated or unpickled.
+Each argument has one validator in `VALIDATORS`; the numeric rules (and the
+ranges the core shares) are `optax_nadam._validation`'s.
 """
 
 import copy
-import math
-import numbers
+import dataclasses
+import re
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from optax_nadam import _validation
 from optax_nadam.keras import schedules as _keras_schedules
 
-# Constructor order: the first five are Nadam's positional parameters.
+
+@dataclasses.dataclass(frozen=True)
+class NadamConfig:
+  """The validated arguments of `Nadam`, immutable and hashable (a jit static argument).
+
+  Build one with `NadamConfig.create` (validates); change one with
+  `dataclasses.replace` followed by `create(**config.kwargs())`, never in place.
+  Field order is `Nadam`'s argument order; the first five are positional there.
+
+  Attributes:
+    learning_rate: a float, a callable schedule, or a `KerasSchedule`.
+    exclude_from_weight_decay: a tuple of regexes.
+    The others: as `Nadam`'s arguments, numbers as Python floats/ints (or
+    traced scalars under `optax.inject_hyperparams`).
+  """
+
+  learning_rate: Union[float, Callable[[Any], Any], _keras_schedules.KerasSchedule] = 0.001
+  beta_1: float = 0.9
+  beta_2: float = 0.999
+  epsilon: float = 1e-07
+  name: str = "Nadam"
+  schedule_decay: float = 0.004
+  decay: float = 0.0
+  clipnorm: Optional[float] = None
+  clipvalue: Optional[float] = None
+  global_clipnorm: Optional[float] = None
+  weight_decay: Optional[float] = None
+  exclude_from_weight_decay: Tuple[str, ...] = ()
+  use_ema: bool = False
+  ema_momentum: float = 0.99
+  ema_overwrite_frequency: Optional[int] = None
+  loss_scale_factor: Optional[float] = None
+  gradient_accumulation_steps: Optional[int] = None
+
+  @classmethod
+  def create(cls, **kwargs: Any) -> "NadamConfig":
+    """Validates `Nadam`'s keyword arguments (``lr`` too) into a config.
+
+    Raises:
+      TypeError: an unknown keyword, or a value of the wrong type.
+      ValueError: a value out of range, or two arguments that exclude each other.
+    """
+    c = normalize(kwargs)
+    lr = c["learning_rate"]
+    if isinstance(lr, dict):
+      c["learning_rate"] = _keras_schedules.KerasSchedule.from_dict(lr)
+    c["exclude_from_weight_decay"] = tuple(c["exclude_from_weight_decay"])
+    return cls(**c)
+
+  def kwargs(self) -> Dict[str, Any]:
+    """The fields as `Nadam` keyword arguments (a schedule as its dict, exclusions a list)."""
+    c = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    if isinstance(self.learning_rate, _keras_schedules.KerasSchedule):
+      c["learning_rate"] = self.learning_rate.as_dict()
+    c["exclude_from_weight_decay"] = list(self.exclude_from_weight_decay)
+    return c
+
+  @property
+  def accumulation(self) -> int:
+    """k of gradient accumulation (1 without)."""
+    return self.gradient_accumulation_steps or 1
+
+
+# Argument order and defaults, as `Nadam`'s signature (exclusions as Keras's list).
 DEFAULTS: Dict[str, Any] = {
-    "learning_rate": 0.001,
-    "beta_1": 0.9,
-    "beta_2": 0.999,
-    "epsilon": 1e-07,
-    "name": "Nadam",
-    "schedule_decay": 0.004,
-    "decay": 0.0,
-    "clipnorm": None,
-    "clipvalue": None,
-    "global_clipnorm": None,
-    "weight_decay": None,
-    "exclude_from_weight_decay": [],
-    "use_ema": False,
-    "ema_momentum": 0.99,
-    "ema_overwrite_frequency": None,
-    "loss_scale_factor": None,
-    "gradient_accumulation_steps": None,
-}
+    f.name: f.default for f in dataclasses.fields(NadamConfig)}
+DEFAULTS["exclude_from_weight_decay"] = []
 # Keys the peers write that have no effect here (XLA always compiles).
 _IGNORED_PEER_KEYS = ("jit_compile", "is_legacy_optimizer")
 # The first key here that a config has marks it as written by Keras 3 or by
@@ -44,45 +92,86 @@ _KERAS3_MARKERS = ("use_ema", "ema_momentum", "loss_scale_factor",
                    "gradient_accumulation_steps")
 
 
-def _float(key: str, value: Any, low: float, high: float = math.inf,
-           low_open: bool = False, high_open: bool = False) -> Any:
-  if isinstance(value, jax.core.Tracer) and value.shape == ():
-    return value  # traced (optax.inject_hyperparams): checked when concrete
-  if isinstance(value, jax.Array) and value.shape == () and jnp.issubdtype(
-      value.dtype, jnp.floating):
-    value = value.item()
-  if isinstance(value, (bool, np.bool_)) or not isinstance(
-      value, (numbers.Real, np.floating, np.integer)):
-    raise TypeError(f"{key} must be a number, got {value!r} ({type(value).__name__}).")
-  x = float(value)
-  lo_ok = x > low if low_open else x >= low
-  hi_ok = x < high if high_open else x <= high
-  if math.isnan(x) or not (lo_ok and hi_ok):
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
-    raise ValueError(f"{key} must be in {lo}{low:g}, {high:g}{hi}, got {x!r}.")
-  return x
+# The Keras-only ranges; beta_1, beta_2, epsilon, schedule_decay, learning_rate and
+# weight_decay reuse the core's (`_validation`), so each range is stated once.
+_CLIPNORM = _validation.Range(0.0, _validation.SQRT_F32_MAX, low_open=True, why=(
+    "a float32 norm is at most 1.8e19, so a larger clipnorm never clips; pass None for no "
+    "clipping"))
+_CLIPVALUE = _validation.Range(0.0, low_open=True, why="pass None for no clipping")
+_LOSS_SCALE = _validation.Range(_validation.F32_TINY, why=(
+    "a normal float32, so that 1 / loss_scale_factor is finite"))
+_EMA_MOMENTUM = _validation.Range(0.0, 1.0)
 
 
-def _optional_float(key, value, **bounds) -> Optional[float]:
-  return None if value is None else _float(key, value, **bounds)
+def _learning_rate(key: str, value: Any) -> Any:
+  if isinstance(value, dict):
+    _keras_schedules.from_keras_config(value)  # validates
+    return copy.deepcopy(value)
+  if callable(value):
+    return value
+  return _validation.number(key, value, _validation.LEARNING_RATE, plain=True)
 
 
-def _optional_int(key: str, value: Any, low: int) -> Optional[int]:
-  if value is None:
-    return None
-  if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer) and (
-      value.shape == () and jnp.issubdtype(value.dtype, jnp.integer)):
-    value = value.item()
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
-    raise TypeError(f"{key} must be an int or None, got {value!r}.")
-  if int(value) < low:
-    raise ValueError(f"{key} must be >= {low} or None, got {int(value)}.")
-  return int(value)
+def _float(allowed: _validation.Range, optional: bool = False) -> Callable[[str, Any], Any]:
+  def check(key: str, value: Any) -> Any:
+    if optional and value is None:
+      return None
+    return _validation.number(key, value, allowed, plain=True)
+
+  return check
+
+
+def _counter(key: str, value: Any) -> Optional[int]:
+  return _validation.optional_integer(key, value, 1)
+
+
+def _name(key: str, value: Any) -> str:
+  if not isinstance(value, str):
+    raise TypeError(f"{key} must be a string, got {value!r}.")
+  return value
+
+
+def _patterns(key: str, value: Any) -> List[str]:
+  if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
+      isinstance(n, str) for n in value):
+    raise TypeError(f"{key} must be a list of strings, got {value!r}.")
+  for pattern in value:
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ValueError(f"{key}: {pattern!r} is not a valid regular expression ({e}).") from None
+  return list(value)
+
+
+# key -> validator(key, value) -> canonical value. Every Nadam argument is here.
+VALIDATORS: Dict[str, Callable[[str, Any], Any]] = {
+    "learning_rate": _learning_rate,
+    "beta_1": _float(_validation.UNIT_OPEN),
+    "beta_2": _float(_validation.UNIT_OPEN),
+    "epsilon": _float(_validation.NON_NEGATIVE),
+    "name": _name,
+    "schedule_decay": _float(_validation.NON_NEGATIVE),
+    "decay": _float(_validation.NON_NEGATIVE),
+    "clipnorm": _float(_CLIPNORM, optional=True),
+    "clipvalue": _float(_CLIPVALUE, optional=True),
+    "global_clipnorm": _float(_CLIPNORM, optional=True),
+    "weight_decay": _float(_validation.NON_NEGATIVE, optional=True),
+    "exclude_from_weight_decay": _patterns,
+    "use_ema": _validation.boolean,
+    "ema_momentum": _float(_EMA_MOMENTUM),
+    "ema_overwrite_frequency": _counter,
+    "loss_scale_factor": _float(_LOSS_SCALE, optional=True),
+    "gradient_accumulation_steps": _counter,
+}
+assert list(VALIDATORS) == list(DEFAULTS)
 
 
 def normalize(kwargs: Dict[str, Any]) -> Dict[str, Any]:
   """Validates constructor arguments; returns the full, canonical config.
+
+  Each value goes through its entry of `VALIDATORS`; then the rules between
+  arguments: clipnorm excludes global_clipnorm, and ``learning_rate *
+  weight_decay <= 2`` when both are numbers.
 
   Args:
     kwargs: the constructor's keyword arguments (``learning_rate`` may be a
@@ -108,40 +197,14 @@ def normalize(kwargs: Dict[str, Any]) -> Dict[str, Any]:
   if unknown:
     raise TypeError(f"Nadam got unexpected keyword argument(s) {unknown}; accepted: "
                     f"{sorted(DEFAULTS) + ['lr']}.")
-  c = {**copy.deepcopy({k: v for k, v in DEFAULTS.items()}), **kwargs}
-  if not isinstance(c["name"], str):
-    raise TypeError(f"name must be a string, got {c['name']!r}.")
-  lr = c["learning_rate"]
-  if isinstance(lr, dict):
-    _keras_schedules.from_keras_config(lr)  # validates
-    c["learning_rate"] = copy.deepcopy(lr)
-  elif not callable(lr):
-    c["learning_rate"] = _float("learning_rate", lr, 0.0)
-  c["beta_1"] = _float("beta_1", c["beta_1"], 0.0, 1.0, high_open=True)
-  c["beta_2"] = _float("beta_2", c["beta_2"], 0.0, 1.0, high_open=True)
-  c["epsilon"] = _float("epsilon", c["epsilon"], 0.0)
-  c["schedule_decay"] = _float("schedule_decay", c["schedule_decay"], 0.0)
-  c["decay"] = _float("decay", c["decay"], 0.0)
-  for key in ("clipnorm", "clipvalue", "global_clipnorm", "loss_scale_factor"):
-    c[key] = _optional_float(key, c[key], low=0.0, low_open=True)
+  c = {**copy.deepcopy(DEFAULTS), **kwargs}
+  c = {key: check(key, c[key]) for key, check in VALIDATORS.items()}
   if c["clipnorm"] is not None and c["global_clipnorm"] is not None:
     raise ValueError("Nadam: clipnorm and global_clipnorm cannot both be set (as in "
                      f"tf-keras); got clipnorm={c['clipnorm']}, "
                      f"global_clipnorm={c['global_clipnorm']}.")
-  c["weight_decay"] = _optional_float("weight_decay", c["weight_decay"], low=0.0)
-  names = c["exclude_from_weight_decay"]
-  if isinstance(names, str) or not isinstance(names, (list, tuple)) or not all(
-      isinstance(n, str) for n in names):
-    raise TypeError(f"exclude_from_weight_decay must be a list of strings, got {names!r}.")
-  c["exclude_from_weight_decay"] = list(names)
-  if not isinstance(c["use_ema"], (bool, np.bool_)):
-    raise TypeError(f"use_ema must be a bool, got {c['use_ema']!r}.")
-  c["use_ema"] = bool(c["use_ema"])
-  c["ema_momentum"] = _float("ema_momentum", c["ema_momentum"], 0.0, 1.0)
-  c["ema_overwrite_frequency"] = _optional_int(
-      "ema_overwrite_frequency", c["ema_overwrite_frequency"], 1)
-  c["gradient_accumulation_steps"] = _optional_int(
-      "gradient_accumulation_steps", c["gradient_accumulation_steps"], 1)
+  if c["weight_decay"] is not None and not isinstance(c["learning_rate"], dict):
+    _validation.decay_product(c["learning_rate"], c["weight_decay"])
   return c
 
 

@@ -1,8 +1,8 @@
 """The Keras methods of `optax_nadam.keras.Nadam` on explicit state (private).
 
-A mixin: `Nadam` supplies ``_config``, ``_jit_step(grads, state, params,
-present)`` and ``_learning_rate``/``_real_step``; every method here is pure (the
-state goes in and comes back out).
+A mixin: `Nadam` supplies ``config`` (a frozen `NadamConfig`); every method
+here is pure (the state goes in and comes back out) and computes through
+`optax_nadam.keras.build`.
 """
 
 import warnings
@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from optax_nadam import _tree
+from optax_nadam.keras import build as _build
 from optax_nadam.keras.state import (
     find_nadam_state,
     leaf_names,
@@ -49,8 +50,8 @@ class KerasMethods:
     Returns:
       A float32 scalar (float64 for float64 params under x64).
     """
-    return self._learning_rate(self._real_step(state),
-                               find_nadam_state(state).mu_product.dtype)
+    return _build.learning_rate(self.config, _build.real_step(self.config, state),
+                                find_nadam_state(state).mu_product.dtype)
 
   def get_slot_names(self) -> Tuple[str, str]:
     """The slot names, ``("m", "v")``, as tf-keras legacy Nadam.
@@ -96,10 +97,8 @@ class KerasMethods:
   def get_weights(self, state: Any) -> list:
     """The state in tf-keras legacy Nadam's ``get_weights()`` order.
 
-    ``[iterations (int64), momentum cache = mu-product, m..., v...]``, numpy
-    arrays, leaves in `jax.tree.leaves` order. The mu-product is float32, or
-    float64 when a parameter is float64 (under ``jax_enable_x64``);
-    `set_weights` casts each weight to the state's dtype.
+    ``[iterations (int64), momentum cache = mu-product (float32), m..., v...]``,
+    numpy arrays, leaves in `jax.tree.leaves` order.
 
     Args:
       state: this optimizer's state.
@@ -184,7 +183,7 @@ class KerasMethods:
       if not hasattr(pair[1], "shape") or (pair[0] is not None and not hasattr(pair[0], "shape")):
         raise TypeError(f"apply_gradients: grads_and_vars[{label}] must hold arrays, got "
                         f"({type(pair[0]).__name__}, {type(pair[1]).__name__}).")
-    present = tuple(g is not None for g, _ in pairs)
+    present = [g is not None for g, _ in pairs]
     if not any(present):
       raise ValueError("No gradients provided for any variable.")
     for label, (g, v) in zip(labels, pairs):
@@ -198,10 +197,10 @@ class KerasMethods:
     grads = [jnp.zeros_like(v) if g is None else g for g, v in pairs]
     params = [v for _, v in pairs]
     if keys is not None:
-      grads, params = dict(zip(keys, grads)), dict(zip(keys, params))
-      present = tuple(jax.tree.leaves(dict(zip(keys, present))))  # sorted-key leaf order
-    new_params, new_state, _ = self._jit_step(
-        grads, state, params, None if all(present) else present)
+      grads, params, present = (dict(zip(keys, x)) for x in (grads, params, present))
+    # A params-shaped tree of flags (traced: every pattern shares one compilation).
+    mask = None if all(jax.tree.leaves(present)) else present
+    new_params, new_state, _ = _build.jitted_step(self.config, grads, state, params, mask)
     return new_params, new_state
 
   def get_gradients(self, loss_fn, params: optax.Params) -> optax.Updates:
@@ -218,7 +217,7 @@ class KerasMethods:
 
   def _scaled_grads(self, loss_fn, params):
     # Keras 3 scales the loss up before differentiating; the update divides it back.
-    scale = self._config["loss_scale_factor"] or 1.0
+    scale = self.config.loss_scale_factor or 1.0
     return jax.grad(lambda p: loss_fn(p) * scale)(params)
 
   def get_updates(self, loss_fn, params: optax.Params, state: Any):
@@ -232,8 +231,8 @@ class KerasMethods:
     Returns:
       ``(updates, new_state)``; apply with `optax.apply_updates`.
     """
-    _, new_state, updates = self._jit_step(self._scaled_grads(loss_fn, params), state, params,
-                                           None)
+    _, new_state, updates = _build.jitted_step(
+        self.config, self._scaled_grads(loss_fn, params), state, params)
     return updates, new_state
 
   def minimize(self, loss_fn, params: optax.Params, state: Any):
@@ -247,6 +246,6 @@ class KerasMethods:
     Returns:
       ``(new_params, new_state)``.
     """
-    new_params, new_state, _ = self._jit_step(self._scaled_grads(loss_fn, params), state,
-                                              params, None)
+    new_params, new_state, _ = _build.jitted_step(
+        self.config, self._scaled_grads(loss_fn, params), state, params)
     return new_params, new_state

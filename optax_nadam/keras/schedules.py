@@ -5,13 +5,18 @@ A Keras schedule serialises as ``{"class_name": "ExponentialDecay", "config":
 reads such a dict -- plain data, never evaluated -- and returns a schedule
 ``step -> float32 learning rate`` computed with the formulas of
 `keras.optimizers.schedules` (float32, like Keras). Unknown classes or keys
-raise a ValueError naming them.
+raise a ValueError naming them; every number is checked by `_validation`
+(learning rates in [0, 1.8e19], step counts >= 1, ExponentialDecay's
+decay_rate in [0, 1], CosineDecay's alpha in [0, 1], finite float32 values).
 """
 
+import dataclasses
 import math
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Tuple
 
 import jax.numpy as jnp
+
+from optax_nadam import _validation
 
 Schedule = Callable[[Any], Any]
 
@@ -91,53 +96,63 @@ def _cosine(c: Dict[str, Any]) -> Schedule:
   return schedule
 
 
-# class name -> (builder, {key: default}); a default of ... marks a required key.
+_LR = _validation.LEARNING_RATE
+_STEPS = _validation.Range(1.0, why="a step count, as Keras documents it")
+_NON_NEGATIVE = _validation.NON_NEGATIVE
+_RATE_DECAY = _validation.Range(0.0, 1.0, why=(
+    "a rate above 1 grows the learning rate without bound until it overflows float32"))
+_FRACTION = _validation.Range(0.0, 1.0, why="a fraction of the initial learning rate")
+_BOUNDARY = _validation.Range(-_validation.F32_MAX)
+
+# class name -> (builder, {key: (default, rule)}); a default of ... marks a required key.
+# A rule is a Range (a number), bool (a flag), str (the name), "lr|None", or a
+# ("list", Range) of numbers.
 _SCHEDULES = {
     "ExponentialDecay": (_exponential, {
-        "initial_learning_rate": ..., "decay_steps": ..., "decay_rate": ...,
-        "staircase": False, "name": None}),
+        "initial_learning_rate": (..., _LR), "decay_steps": (..., _STEPS),
+        "decay_rate": (..., _RATE_DECAY), "staircase": (False, bool), "name": (None, str)}),
     "InverseTimeDecay": (_inverse_time, {
-        "initial_learning_rate": ..., "decay_steps": ..., "decay_rate": ...,
-        "staircase": False, "name": None}),
+        "initial_learning_rate": (..., _LR), "decay_steps": (..., _STEPS),
+        "decay_rate": (..., _NON_NEGATIVE), "staircase": (False, bool), "name": (None, str)}),
     "PiecewiseConstantDecay": (_piecewise_constant, {
-        "boundaries": ..., "values": ..., "name": None}),
+        "boundaries": (..., ("list", _BOUNDARY)), "values": (..., ("list", _LR)),
+        "name": (None, str)}),
     "PolynomialDecay": (_polynomial, {
-        "initial_learning_rate": ..., "decay_steps": ..., "end_learning_rate": 0.0001,
-        "power": 1.0, "cycle": False, "name": None}),
+        "initial_learning_rate": (..., _LR), "decay_steps": (..., _STEPS),
+        "end_learning_rate": (0.0001, _LR), "power": (1.0, _NON_NEGATIVE),
+        "cycle": (False, bool), "name": (None, str)}),
     "CosineDecay": (_cosine, {
-        "initial_learning_rate": ..., "decay_steps": ..., "alpha": 0.0, "name": None,
-        "warmup_target": None, "warmup_steps": 0}),
+        "initial_learning_rate": (..., _LR), "decay_steps": (..., _STEPS),
+        "alpha": (0.0, _FRACTION), "name": (None, str), "warmup_target": (None, "lr|None"),
+        "warmup_steps": (0, _NON_NEGATIVE)}),
 }
-_BOOL_KEYS = ("staircase", "cycle")
-_POSITIVE_KEYS = ("decay_steps",)
 
 
-def _number(where: str, value: Any) -> float:
-  if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
-      hasattr(value, "dtype") and getattr(value, "shape", None) == ()):
-    raise TypeError(f"{where} must be a number, got {value!r}.")
-  x = float(value)
-  if not math.isfinite(x):
-    raise ValueError(f"{where} must be finite, got {x!r}.")
-  return x
+def _checked(loc: str, value: Any, rule: Any) -> Any:
+  """`value` checked against a rule of `_SCHEDULES` (see there)."""
+  if rule is str:
+    if value is not None and not isinstance(value, str):
+      raise TypeError(f"{loc} must be a string, got {value!r}.")
+    return value
+  if rule is bool:
+    return _validation.boolean(loc, value)
+  if rule == "lr|None":
+    return None if value is None else _validation.number(loc, value, _LR, plain=True)
+  if isinstance(rule, tuple):
+    if not isinstance(value, (list, tuple)) or not value:
+      raise TypeError(f"{loc} must be a non-empty list of numbers, got {value!r}.")
+    return [_validation.number(f"{loc}[{i}]", x, rule[1], plain=True)
+            for i, x in enumerate(value)]
+  return _validation.number(loc, value, rule, plain=True)
 
 
-def from_keras_config(spec: Dict[str, Any]) -> Schedule:
-  """Builds a jax schedule from a Keras schedule config dict.
-
-  Args:
-    spec: ``{"class_name": ..., "config": {...}}`` as written by
-      `keras.optimizers.schedules.serialize` (``"module"`` and
-      ``"registered_name"`` are accepted and ignored).
-
-  Returns:
-    A function ``step -> float32 learning rate``.
-
-  Raises:
-    ValueError: unknown class or key, missing key, out-of-range value.
-    TypeError: a value of the wrong type.
-  """
+def _parse(spec: Any) -> Tuple[Callable[[Dict[str, Any]], Schedule], Dict[str, Any],
+                                Dict[str, Any]]:
+  """(builder, full config with defaults, `spec` with its numbers made plain floats)."""
   where = "learning_rate"
+  if not isinstance(spec, dict):
+    raise TypeError(f"{where} must be a number, a callable or a Keras schedule config dict, "
+                    f"got {type(spec).__name__}.")
   unknown = set(spec) - {"class_name", "config", "module", "registered_name"}
   if unknown:
     raise ValueError(f"{where}: unknown schedule key(s) {sorted(unknown)}.")
@@ -156,30 +171,71 @@ def from_keras_config(spec: Dict[str, Any]) -> Schedule:
   unknown = set(config) - set(defaults)
   if unknown:
     raise ValueError(f"{where}: unknown {name} key(s) {sorted(unknown)}.")
+  given = {key: _checked(f"{where}['config'][{key!r}]", value, defaults[key][1])
+           for key, value in config.items()}
   c = {}
-  for key, default in defaults.items():
-    if key not in config:
-      if default is ...:
-        raise ValueError(f"{where}: {name} needs {key!r}.")
-      c[key] = default
-      continue
-    value = config[key]
-    loc = f"{where}['config'][{key!r}]"
-    if key == "name":
-      if value is not None and not isinstance(value, str):
-        raise TypeError(f"{loc} must be a string, got {value!r}.")
-    elif key in _BOOL_KEYS:
-      if not isinstance(value, bool):
-        raise TypeError(f"{loc} must be a bool, got {value!r}.")
-    elif key in ("boundaries", "values"):
-      if not isinstance(value, (list, tuple)) or not value and key == "values":
-        raise TypeError(f"{loc} must be a non-empty list of numbers, got {value!r}.")
-      value = [_number(f"{loc}[{i}]", x) for i, x in enumerate(value)]
-    elif key == "warmup_target" and value is None:
-      pass
-    else:
-      value = _number(loc, value)
-      if key in _POSITIVE_KEYS and value <= 0:
-        raise ValueError(f"{loc} must be > 0, got {value!r}.")
-    c[key] = value
+  for key, (default, _) in defaults.items():
+    if key not in given and default is ...:
+      raise ValueError(f"{where}: {name} needs {key!r}.")
+    c[key] = given.get(key, default)
+  return builder, c, {**spec, "config": given}
+
+
+def from_keras_config(spec: Dict[str, Any]) -> Schedule:
+  """Builds a jax schedule from a Keras schedule config dict.
+
+  Args:
+    spec: ``{"class_name": ..., "config": {...}}`` as written by
+      `keras.optimizers.schedules.serialize` (``"module"`` and
+      ``"registered_name"`` are accepted and ignored).
+
+  Returns:
+    A function ``step -> float32 learning rate``.
+
+  Raises:
+    ValueError: unknown class or key, missing key, out-of-range value.
+    TypeError: a value of the wrong type.
+  """
+  builder, c, _ = _parse(spec)
   return builder(c)
+
+
+def _freeze(x: Any) -> Any:
+  if isinstance(x, dict):
+    return ("dict", tuple((k, _freeze(v)) for k, v in x.items()))
+  if isinstance(x, (list, tuple)):
+    return ("list", tuple(_freeze(v) for v in x))
+  return ("value", x)
+
+
+def _thaw(x: Any) -> Any:
+  kind, content = x
+  if kind == "dict":
+    return {k: _thaw(v) for k, v in content}
+  if kind == "list":
+    return [_thaw(v) for v in content]
+  return content
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasSchedule:
+  """A validated Keras schedule config dict, frozen so that it hashes.
+
+  Attributes:
+    frozen: the dict as nested tagged tuples (see `as_dict`).
+  """
+
+  frozen: Tuple[Any, ...]
+
+  @classmethod
+  def from_dict(cls, spec: Dict[str, Any]) -> "KerasSchedule":
+    """Validates `spec` (see `from_keras_config`) and freezes it, numbers as floats."""
+    return cls(_freeze(_parse(spec)[2]))
+
+  def as_dict(self) -> Dict[str, Any]:
+    """The config dict (a fresh, plain-data copy)."""
+    return _thaw(self.frozen)
+
+  def schedule(self) -> Schedule:
+    """The jax schedule ``step -> float32 learning rate``."""
+    return from_keras_config(self.as_dict())

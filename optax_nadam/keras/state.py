@@ -1,6 +1,6 @@
 """State helpers of `optax_nadam.keras.Nadam` (private): find, name, import/export."""
 
-from typing import Any, Callable, List, Sequence
+from typing import Any, List, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,31 +34,35 @@ def find_nadam_state(state: Any) -> ScaleByNadamState:
 leaf_names = _tree.leaf_names
 
 
-def map_special_nodes(new: Any, old: Any, keep: Callable[[Any, Any], Any]) -> Any:
-  """Applies `keep(new_tree, old_tree)` to the params-shaped trees of the state.
+def keep_where_absent(new: Any, old: Any, present: Any) -> Any:
+  """`new` with its params-shaped parts taking `old`'s leaves where `present` is False.
 
-  Those are the moments of the `ScaleByNadamState` and the accumulators of an
-  `optax.MultiStepsState` (recursively inside it).
+  A part of the state is params-shaped when it has `present`'s tree structure
+  (moments, accumulators, the averages of any stage): found by structure, not
+  by the state class, so a stage added to the chain is covered too. With two
+  or more params leaves (the only case with an absent gradient and a present
+  one) no scalar counter can have that structure.
 
   Args:
     new: the state after an update.
     old: the state before it (same structure).
-    keep: merges a params-shaped new tree with the old one.
+    present: a params-shaped tree of booleans (Python or jax), False where the
+      gradient was absent.
 
   Returns:
-    `new` with those trees merged.
+    The merged state.
   """
+  structure = jax.tree.structure(present)
 
-  def fix(n, o):
-    if isinstance(n, ScaleByNadamState):
-      return n._replace(m=keep(n.m, o.m), v=keep(n.v, o.v))
-    if isinstance(n, optax.MultiStepsState):
-      return n._replace(acc_grads=keep(n.acc_grads, o.acc_grads),
-                        inner_opt_state=map_special_nodes(
-                            n.inner_opt_state, o.inner_opt_state, keep))
-    return n
+  def params_shaped(x: Any) -> bool:
+    return jax.tree.structure(x) == structure
 
-  return jax.tree.map(fix, new, old, is_leaf=_is_node)
+  def merge(n: Any, o: Any) -> Any:
+    if not params_shaped(n):
+      return n
+    return jax.tree.map(lambda p, a, b: jnp.where(p, a, b), present, n, o)
+
+  return jax.tree.map(merge, new, old, is_leaf=params_shaped)
 
 
 def weights_from_state(state: Any) -> List[np.ndarray]:
