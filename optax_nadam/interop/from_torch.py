@@ -53,16 +53,14 @@ def _optimizer_state(source: Any, key: Optional[str]) -> Tuple[Mapping, str, Any
   return sd, where, obj
 
 
-def _group_hyperparams(group: Mapping, g: int) -> Tuple[PeerHyperparams, float, float]:
-  """One param group's hyperparameters, and its b1 and psi."""
+def _group_hyperparams(group: Mapping, name: str) -> Tuple[PeerHyperparams, float, float]:
+  """One param group's hyperparameters, and its b1 and psi (`name`: the group, quoted)."""
   for key in ("params", "betas", "momentum_decay"):
     if key not in group:
-      raise ValueError(f"param_groups[{g}] has no {key!r}: not a torch.optim.NAdam state dict.")
+      raise ValueError(f"{name} has no {key!r}: not a torch.optim.NAdam state dict.")
   betas = group["betas"]
   if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-    raise ValueError(f"param_groups[{g}]['betas'] is {betas!r}; NAdam's betas are a pair "
-                     "(beta1, beta2).")
-  name = f"param_groups[{g}]"
+    raise ValueError(f"{name}['betas'] is {betas!r}; NAdam's betas are a pair (beta1, beta2).")
   b1, b2 = (_scalar(b, f"{name}['betas'][{k}]") for k, b in enumerate(betas))
   psi = _scalar(group["momentum_decay"], f"{name}['momentum_decay']")
   hyper = PeerHyperparams(
@@ -111,7 +109,7 @@ def _read_slots(sd: Mapping, prefix: str) -> Tuple[List[PeerSlot], List[PeerHype
     raise TypeError("state_dict['state'] must be a dict.")
   slots, hypers, seen = [], [], set()
   for g, group in enumerate(groups):
-    hyper, b1, psi = _group_hyperparams(group, g)
+    hyper, b1, psi = _group_hyperparams(group, f"{prefix}param_groups[{g}]")
     for pid in group["params"]:
       seen.add(pid)
       name = f"{prefix}torch parameter {len(slots)} (param_groups[{g}], id {pid})"

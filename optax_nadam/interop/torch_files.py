@@ -87,7 +87,8 @@ def load(path: Any) -> Any:
     reason = str(e)
     if "Weights only load failed" in reason:
       detail = next((line.strip() for line in reason.splitlines()
-                     if "WeightsUnpickler error" in line), reason.splitlines()[0])
+                     if "GLOBAL" in line or "WeightsUnpickler error" in line),
+                    reason.splitlines()[0])
       raise ValueError(
           f"{name!r} holds Python objects other than tensors, dicts, lists and numbers, "
           f"so torch.load(weights_only=True) refused it (unpickling them could run code): "
