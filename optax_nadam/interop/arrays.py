@@ -4,10 +4,11 @@ The torch front converts its tensors first (`optax_nadam.interop.from_torch`);
 Keras values arrive as numpy already.
 """
 
-import math
 from typing import Any
 
 import numpy as np
+
+from optax_nadam import _validation
 
 
 def to_array(x: Any, where: str) -> np.ndarray:
@@ -44,10 +45,4 @@ def to_scalar(x: Any, where: str) -> float:
     TypeError: not an array or number.
     ValueError: more than one element, NaN or Inf.
   """
-  a = to_array(x, where)
-  if a.size != 1:
-    raise ValueError(f"{where} has shape {a.shape}; expected a scalar.")
-  value = float(a.reshape(()))
-  if not math.isfinite(value):
-    raise ValueError(f"{where} is {value}.")
-  return value
+  return _validation.check_finite_scalar(where, to_array(x, where))
