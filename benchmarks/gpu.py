@@ -90,6 +90,8 @@ def main():
     samples = time_regime(key, args.rounds, args.steps)
     results[key] = {n: {"median_us": 1e6 * float(np.median(s)), "min_us": 1e6 * min(s),
                         "max_us": 1e6 * max(s)} for n, s in samples.items()}
+    print(key, json.dumps({n: round(r["median_us"], 1) for n, r in results[key].items()}),
+          flush=True)
   names = list(next(iter(results.values())))
   print("\n| contestant | " + " | ".join(REGIMES[k][0] for k in results) + " |")
   print("|---|" + "---|" * len(results))
