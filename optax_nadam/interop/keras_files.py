@@ -1,0 +1,356 @@
+"""Read model weights and Nadam state from Keras / TF files, without the model's code.
+
+Three formats, each read as plain data (zipfile, json, h5py,
+`tf.train.load_checkpoint`; nothing is imported by name, unpickled or eval'd,
+so custom layer classes need not be importable):
+
+* Keras 3 ``.keras`` archive (``model.save('m.keras')``): ``config.json`` (the
+  optimizer's config is ``compile_config.optimizer``) and ``model.weights.h5``,
+  see `keras3_file`.
+* tf-keras ``.h5`` model (``model.save('x.h5')``, legacy Nadam): groups
+  ``model_weights`` and ``optimizer_weights``, see `legacy_h5_file`.
+* TF checkpoint (``tf.train.Checkpoint(model=..., optimizer=...).save(prefix)``,
+  a prefix, or a SavedModel directory) of a tf-keras legacy Nadam, read in
+  `optax_nadam.interop.tf_checkpoint`.
+
+Each reader returns a `KerasFile`: the trainable weights in the file's order
+(which is the order the optimizer holds its slots in), and the optimizer state
+and config when the file has them.
+"""
+
+import io
+import json
+import os
+import re
+import zipfile
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+class KerasFile(NamedTuple):
+  """What a Keras / TF file holds, in our terms (arrays are numpy copies)."""
+
+  path: str
+  kind: str  # "v3" (Keras 3: psi = 1) or "legacy" (tf-keras legacy Nadam: psi = decay)
+  optimizer: Optional[str]  # the saved optimizer's class name; None when none was saved
+  config: Dict[str, Any]  # the optimizer's config (a TF checkpoint has only some keys)
+  names: List[str]  # per trainable weight, where it is in the file
+  weights: List[np.ndarray]
+  count: Optional[int] = None  # Nadam steps applied; None without optimizer state
+  mu_product: Optional[float] = None
+  m: Optional[List[np.ndarray]] = None
+  v: Optional[List[np.ndarray]] = None
+  mini_step: int = 0  # Keras 3 gradient accumulation: update calls since the last step
+  accumulators: Optional[List[np.ndarray]] = None
+  ema: Optional[List[np.ndarray]] = None
+
+
+class FileFormatError(ValueError):
+  """A file that is not (or no longer) one of the formats `read` knows."""
+
+
+def read(path: Any) -> KerasFile:
+  """Reads a Keras 3 archive, a tf-keras ``.h5`` model or a TF checkpoint.
+
+  Args:
+    path: a ``.keras`` file, an ``.h5`` file, a TF checkpoint prefix (or its
+      ``.index`` file), a directory holding a ``checkpoint`` file, or a
+      SavedModel directory.
+
+  Returns:
+    A `KerasFile`.
+
+  Raises:
+    FileNotFoundError: nothing at `path` (nor a checkpoint with that prefix).
+    FileFormatError: another format, a truncated or damaged file.
+  """
+  path = os.fspath(path)
+  if os.path.isdir(path) or os.path.exists(path + ".index") or path.endswith(".index"):
+    from optax_nadam.interop import tf_checkpoint
+
+    return tf_checkpoint.read(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{path}: no such file, directory or TF checkpoint prefix (no {path}.index).")
+  with open(path, "rb") as f:
+    head = f.read(8)
+  if head.startswith(_ZIP_MAGIC):
+    return keras3_file(path)
+  if head == _HDF5_MAGIC:
+    return legacy_h5_file(path)
+  raise FileFormatError(
+      f"{path} is not a Keras 3 archive (.keras, a zip), a tf-keras HDF5 model (.h5) or a "
+      f"TF checkpoint (it starts with {head!r}).")
+
+
+def _h5py():
+  import h5py  # a dependency of keras and tensorflow; imported only to read files
+
+  return h5py
+
+
+def _array(ds: Any) -> np.ndarray:
+  return np.array(ds[()], copy=True)
+
+
+def _damaged(path: str, what: str, err: Exception) -> FileFormatError:
+  return FileFormatError(f"{path} looks like {what} but cannot be read ({type(err).__name__}: "
+                         f"{err}); is it truncated or damaged?")
+
+
+# ---------------------------------------------------------------- Keras 3 .keras
+
+
+def _snake(name: str) -> str:
+  """Keras's ``naming.to_snake_case``: the name a layer's group gets in the h5."""
+  name = re.sub(r"\W+", "", name)
+  name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+  return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _natural(name: str) -> Tuple[str, int]:
+  stem, _, num = name.rpartition("_")
+  return (stem, int(num)) if num.isdigit() and stem else (name, -1)
+
+
+def _children_in_order(group: Any, cfg: Optional[Dict[str, Any]]) -> List[Tuple[str, Any]]:
+  """The layer groups under ``.../layers`` in the model's order.
+
+  Keras names them by class (``dense``, ``dense_1``, ...) in the order of
+  ``model.layers``, which the config's ``layers`` list keeps; without a config
+  the numbered names are sorted naturally.
+  """
+  entries = (cfg or {}).get("config", {}).get("layers") if isinstance(cfg, dict) else None
+  order: List[Tuple[str, Any]] = []
+  if isinstance(entries, list):
+    used: Dict[str, int] = {}
+    for entry in entries:
+      stem = _snake(str(entry.get("class_name", "")))
+      used[stem] = used.get(stem, -1) + 1
+      name = stem if used[stem] == 0 else f"{stem}_{used[stem]}"
+      if name in group:
+        order.append((name, entry))
+  seen = {n for n, _ in order}
+  rest = sorted((k for k in group if k not in seen), key=_natural)
+  return order + [(k, None) for k in rest]
+
+
+_NOT_MODEL = ("optimizer", "compile_metrics", "compile_loss", "metrics", "loss", "_compile_loss",
+              "_compile_metrics", "_loss_tracker")
+
+
+def _walk(group: Any, path: str, cfg: Optional[Dict[str, Any]], units: List[Any]) -> None:
+  """Appends (path, trainable?, [datasets]) per layer, in the order Keras tracks them."""
+  trainable = not (isinstance(cfg, dict) and cfg.get("config", {}).get("trainable") is False)
+  if "vars" in group:
+    own = group["vars"]
+    units.append((f"{path}/vars" if path else "vars", trainable,
+                  [own[k] for k in sorted(own, key=int)]))
+  if "layers" in group:
+    for name, entry in _children_in_order(group["layers"], cfg):
+      _walk(group["layers"][name], f"{path}/layers/{name}".lstrip("/"), entry, units)
+  for key in sorted(group, key=lambda k: f"~{k}" if k.startswith("_") else k):
+    if key in ("vars", "layers") or (not path and key in _NOT_MODEL):
+      continue
+    if hasattr(group[key], "keys"):
+      _walk(group[key], f"{path}/{key}".lstrip("/"), None, units)
+
+
+def _line_up(units: List[Any], shapes: List[Tuple[int, ...]], path: str) -> List[Tuple[str, Any]]:
+  """Picks each layer's trainable variables so that they line up with `shapes`.
+
+  A layer saves its trainable variables first (``vars/0``, ...), then the others
+  (a BatchNormalization's moving statistics); the optimizer's slots follow the
+  trainable ones in order. The number taken from each layer is the one that
+  makes the shapes line up; it must be unique.
+  """
+  n_units, n = len(units), len(shapes)
+  ways: Dict[Tuple[int, int], int] = {}
+
+  def fits(u: int, s: int) -> int:  # how many of units[u]'s variables match shapes[s:]
+    _, trainable, dss = units[u]
+    k = 0
+    while trainable and k < len(dss) and s + k < n and tuple(dss[k].shape) == shapes[s + k]:
+      k += 1
+    return k
+
+  def count(u: int, s: int) -> int:  # ways to line up units[u:] with shapes[s:], capped at 2
+    if u == n_units:
+      return int(s == n)
+    if (u, s) not in ways:
+      ways[(u, s)] = min(sum(count(u + 1, s + k) for k in range(fits(u, s) + 1)), 2)
+    return ways[(u, s)]
+
+  found = count(0, 0)
+  if found != 1:
+    listing = [(p, [tuple(d.shape) for d in dss]) for p, _, dss in units]
+    raise FileFormatError(
+        f"{path}: the layers' saved variables {listing} "
+        f"{'cannot be lined up' if found == 0 else 'line up in more than one way'} with the "
+        f"optimizer's {n} slot shapes {shapes}; the trainable variables cannot be told apart.")
+  out, s = [], 0
+  for u, (upath, _, dss) in enumerate(units):
+    k = next(k for k in range(fits(u, s) + 1) if count(u + 1, s + k))
+    out.extend((f"{upath}/{i}", dss[i]) for i in range(k))
+    s += k
+  return out
+
+
+def keras3_file(path: str) -> KerasFile:
+  """Reads a Keras 3 ``.keras`` archive (see the module docstring).
+
+  The optimizer's variables (``optimizer/vars/<i>`` in ``model.weights.h5``) are
+  ``iteration``, ``learning_rate`` (unless it is a schedule), the EMA averages
+  (``use_ema``), the gradient accumulators (``gradient_accumulation_steps``), a
+  ``momentum``, ``velocity`` pair per trainable variable, and the u-product.
+  The trainable variables are the layers' (``layers/<name>/vars/<i>``) walked in
+  the model's layer order (the config's ``layers`` lists), each layer's
+  variables in their saved order; a layer's group is named after its class, and
+  the classes are never imported.
+  """
+  try:
+    with zipfile.ZipFile(path) as zf:
+      names = zf.namelist()
+      if "config.json" not in names or "model.weights.h5" not in names:
+        raise FileFormatError(
+            f"{path} is a zip but not a Keras 3 archive with its weights inside (it holds "
+            f"{names[:6]}; a .keras file has config.json and model.weights.h5).")
+      config = json.loads(zf.read("config.json"))
+      blob = zf.read("model.weights.h5")
+  except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+    if isinstance(e, FileFormatError):
+      raise
+    raise _damaged(path, "a Keras 3 archive (zip)", e) from None
+  h5py = _h5py()
+  try:
+    with h5py.File(io.BytesIO(blob), "r") as h5:
+      return _keras3_from_h5(path, config, h5)
+  except OSError as e:
+    raise _damaged(path, "a Keras 3 archive", e) from None
+
+
+def _optimizer_spec(path: str, config: Dict[str, Any]) -> Tuple[Optional[str], Dict[str, Any]]:
+  opt = (config.get("compile_config") or {}).get("optimizer")
+  if opt is None:
+    return None, {}
+  if isinstance(opt, str):
+    return opt, {}
+  if not isinstance(opt, dict) or not isinstance(opt.get("config"), dict):
+    raise FileFormatError(f"{path}: compile_config.optimizer is not a Keras config: {opt!r}")
+  return str(opt.get("class_name")), dict(opt["config"])
+
+
+def _keras3_from_h5(path: str, config: Dict[str, Any], h5: Any) -> KerasFile:
+  units: List[Any] = []
+  _walk(h5, "", config, units)
+  opt_name, opt_cfg = _optimizer_spec(path, config)
+  opt_vars = []
+  if "optimizer" in h5 and "vars" in h5["optimizer"]:
+    group = h5["optimizer"]["vars"]
+    opt_vars = [group[k] for k in sorted(group, key=int)]
+  if not opt_vars or opt_name is None:
+    picked = [(f"{p}/{i}", d) for p, trainable, dss in units if trainable
+              for i, d in enumerate(dss)]
+    return KerasFile(path, "v3", opt_name, opt_cfg, [p for p, _ in picked],
+                     [_array(d) for _, d in picked])
+  if opt_name.lower() != "nadam":
+    return KerasFile(path, "v3", opt_name, opt_cfg, [], [])  # refused by the caller, by name
+  lr_var = not isinstance(opt_cfg.get("learning_rate"), dict)
+  ema = bool(opt_cfg.get("use_ema"))
+  k = int(opt_cfg.get("gradient_accumulation_steps") or 0)
+  fixed, per = 2 + lr_var, 2 + ema + (k > 0)
+  n, rem = divmod(len(opt_vars) - fixed, per)
+  if rem or n < 0:
+    raise FileFormatError(
+        f"{path}: the Nadam's {len(opt_vars)} saved variables do not fit Keras 3's layout "
+        f"(iteration{', learning_rate' if lr_var else ''}, {per} per variable, u_product).")
+  start = 1 + lr_var
+  ema_vars = opt_vars[start:start + n] if ema else None
+  start += n if ema else 0
+  acc_vars = opt_vars[start:start + n] if k else None
+  start += n if k else 0
+  ms, vs = opt_vars[start:start + 2 * n:2], opt_vars[start + 1:start + 2 * n:2]
+  picked = _line_up(units, [tuple(m.shape) for m in ms], path)
+  real = int(_array(opt_vars[0]))
+  return KerasFile(
+      path, "v3", opt_name, opt_cfg, [p for p, _ in picked], [_array(d) for _, d in picked],
+      count=real // k if k else real, mu_product=float(_array(opt_vars[-1])),
+      m=[_array(x) for x in ms], v=[_array(x) for x in vs], mini_step=real % k if k else 0,
+      accumulators=[_array(x) for x in acc_vars] if acc_vars else None,
+      ema=[_array(x) for x in ema_vars] if ema_vars else None)
+
+
+# ------------------------------------------------------------- tf-keras legacy .h5
+
+
+def _text(x: Any) -> str:
+  return x.decode("utf8") if isinstance(x, bytes) else str(x)
+
+
+def legacy_h5_file(path: str) -> KerasFile:
+  """Reads a tf-keras ``.h5`` model (``model.save('x.h5')``).
+
+  ``model_weights`` lists its layers (attribute ``layer_names``) and each layer
+  its weights (``weight_names``); ``optimizer_weights`` lists the legacy Nadam's
+  ``[iter, momentum_cache, m..., v...]`` (attribute ``weight_names``), the slots
+  named ``<optimizer>/<weight>/m:0``. The trainable weights are those that have
+  slots, in the slots' order; without optimizer weights, all weights in layer
+  order.
+  """
+  h5py = _h5py()
+  try:
+    with h5py.File(path, "r") as h5:
+      return _legacy_from_h5(path, h5)
+  except OSError as e:
+    raise _damaged(path, "an HDF5 file", e) from None
+
+
+def _legacy_from_h5(path: str, h5: Any) -> KerasFile:
+  if "model_weights" not in h5:
+    if "layers" in h5 or "vars" in h5:
+      raise FileFormatError(
+          f"{path} is a Keras 3 weights file (.weights.h5) without its config; save the "
+          "model with model.save('m.keras') to keep the optimizer's config and state.")
+    raise FileFormatError(f"{path} is an HDF5 file but not a tf-keras model (no model_weights).")
+  mw = h5["model_weights"]
+  weights: Dict[str, np.ndarray] = {}
+  for layer in mw.attrs.get("layer_names", []):
+    g = mw[_text(layer)]
+    for w in g.attrs.get("weight_names", []):
+      weights[_text(w)] = _array(g[_text(w)])
+  training = json.loads(_text(h5.attrs["training_config"])) if "training_config" in h5.attrs \
+      else {}
+  opt = training.get("optimizer_config") or {}
+  opt_name, opt_cfg = opt.get("class_name"), dict(opt.get("config") or {})
+  if "optimizer_weights" not in h5 or opt_name is None:
+    return KerasFile(path, "legacy", opt_name, opt_cfg, list(weights), list(weights.values()))
+  ow = h5["optimizer_weights"]
+  names = [_text(n) for n in ow.attrs.get("weight_names", [])]
+  if opt_name != "Nadam" or "is_legacy_optimizer" in opt_cfg and not opt_cfg[
+      "is_legacy_optimizer"]:
+    return KerasFile(path, "legacy", opt_name if opt_name != "Nadam" else "Nadam (non-legacy)",
+                     opt_cfg, [], [])
+  if len(names) < 2 or not names[1].endswith("/momentum_cache:0"):
+    raise FileFormatError(
+        f"{path}: the legacy Nadam's optimizer_weights {names[:4]} do not start with "
+        "[iter, momentum_cache].")
+  slots = names[2:]
+  n = len(slots) // 2
+  order = []
+  for i, (m, v) in enumerate(zip(slots[:n], slots[n:])):
+    if not (m.endswith("/m:0") and v.endswith("/v:0") and m[:-4] == v[:-4]):
+      raise FileFormatError(f"{path}: optimizer weight {i} is {m!r} / {v!r}, not an m / v pair.")
+    var = m[:-4].split("/", 1)[1] + ":0"  # drop the optimizer's name scope
+    if var not in weights:
+      raise FileFormatError(
+          f"{path}: optimizer slot {m!r} belongs to {var!r}, which is not among the model's "
+          f"saved weights {list(weights)[:6]}.")
+    order.append(var)
+  return KerasFile(
+      path, "legacy", opt_name, opt_cfg, order, [weights[w] for w in order],
+      count=int(_array(ow[names[0]])), mu_product=float(_array(ow[names[1]])),
+      m=[_array(ow[x]) for x in slots[:n]], v=[_array(ow[x]) for x in slots[n:]])
