@@ -1,10 +1,19 @@
-"""Keras Nadam (tf-keras legacy, Keras 3) <-> optax_nadam state (see `optax_nadam.interop`)."""
+"""Keras Nadam (tf-keras legacy, Keras 3) <-> optax_nadam state and params.
 
-from typing import Any, List, Optional, Sequence
+Sources are live optimizers / models, or files read as plain data by
+`optax_nadam.interop.keras_files` (``.keras``, tf-keras ``.h5``, TF checkpoints).
+"""
 
+import os
+from typing import Any, Callable, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_nadam import _tree
+from optax_nadam.interop import keras_files, keras_hyper
 from optax_nadam.interop.build import (
   PeerExtras,
   PeerSlot,
@@ -118,12 +127,68 @@ def _v3_extras(optimizer: Any, n: int, var_list, count: int) -> PeerExtras:
   )
 
 
+Layout = Callable[[str, np.ndarray], Any]
+
+
+def _is_path(source: Any) -> bool:
+  return isinstance(source, (str, bytes, os.PathLike))
+
+
+def _laid_out(layout: Optional[Layout], leaf: str, x: np.ndarray, where: str) -> np.ndarray:
+  """``layout(leaf, x)`` as a numpy array (x itself without a layout)."""
+  if layout is None:
+    return x
+  try:
+    return np.asarray(layout(leaf, x))
+  except Exception as e:
+    raise ValueError(f"{where}: layout({leaf!r}, array of shape {x.shape}) failed: {e}") from e
+
+
+def _not_nadam(kf: keras_files.KerasFile) -> ValueError:
+  if kf.optimizer is None:
+    return ValueError(
+        f"{kf.path} holds no optimizer state (saved without the optimizer, or never "
+        "compiled); params_from_keras still reads its weights.")
+  name = kf.optimizer.split(".")[-1]
+  detail = (" Adam keeps m and v but no momentum cache / u-product (the product of Nadam's "
+            "momentum schedule), so Nadam's trajectory cannot be continued from it."
+            if "adam" in name.lower() and "nadam" not in name.lower() else "")
+  return ValueError(
+      f"{kf.path} holds the state of a {kf.optimizer} optimizer, not a Keras Nadam "
+      f"(tf_keras.optimizers.legacy.Nadam, keras.optimizers.Nadam).{detail}")
+
+
+def _file_state(kf, tx, params, layout, **kwargs) -> optax.OptState:
+  """`state_from_keras` for a file read by `keras_files.read`."""
+  if kf.m is None:
+    raise _not_nadam(kf)
+  paths = param_paths(params)
+  if len(kf.m) != len(paths):
+    raise ValueError(
+        f"{kf.path} holds Nadam slots for {len(kf.m)} variables ({kf.names[:5]}) but params "
+        f"has {len(paths)} leaves ({paths[:5]}); they are matched one to one in the file's "
+        "order.")
+  real = kf.count * (int(kf.config.get("gradient_accumulation_steps") or 0) or 1) + kf.mini_step
+  hyper = keras_hyper.hyperparams(kf.kind, kf.config, real, kf.path,
+                                  complete="epsilon" in kf.config)
+  slots = []
+  for i, leaf in enumerate(paths):
+    where = f"{kf.path}: Keras variable {i} ({kf.names[i]})"
+    slots.append(PeerSlot(where, kf.count, kf.mu_product, _laid_out(layout, leaf, kf.m[i], where),
+                          _laid_out(layout, leaf, kf.v[i], where), hyper["b1"], hyper["psi"]))
+  each = lambda xs: None if xs is None else [  # noqa: E731
+      _laid_out(layout, leaf, x, s.where) for leaf, x, s in zip(paths, xs, slots)]
+  extras = PeerExtras(kf.mini_step, each(kf.accumulators), each(kf.ema))
+  return build_state(tx, params, slots, extras=extras, **kwargs)
+
+
 def state_from_keras(
-    optimizer: Any,
+    source: Any,
     tx: optax.GradientTransformation,
     params: optax.Params,
-    *,
     var_list: Optional[Sequence[Any]] = None,
+    *,
+    layout: Optional[Layout] = None,
     sync_schedules: bool = True,
     check_schedule: bool = True,
 ) -> optax.OptState:
@@ -132,12 +197,23 @@ def state_from_keras(
   Reads a tf-keras legacy `tf_keras.optimizers.legacy.Nadam` (iterations,
   momentum cache = mu-product, slots ``m`` and ``v``), a Keras 3
   `keras.optimizers.Nadam` or a `tf_keras.optimizers.Nadam` (iterations,
-  u-product, ``momentum`` and ``velocity`` variables).
+  u-product, ``momentum`` and ``velocity`` variables), live or from a file:
+  a Keras 3 ``.keras`` archive (``model.save``), a tf-keras ``.h5`` model
+  with a legacy Nadam (``model.save('x.h5')``), or a TF checkpoint of a
+  tf-keras model and legacy Nadam (a prefix, a directory with a
+  ``checkpoint`` file, or a SavedModel directory). Files are read as data
+  (`optax_nadam.interop.keras_files`): the model's code, custom layers
+  included, is never needed or run.
 
-  Variables are matched to ``jax.tree.leaves(params)`` one to one: by the order
-  the optimizer created its slots in (its first ``apply_gradients`` / ``build``),
-  or, explicitly, by `var_list`: the model variables in the order of the params
-  leaves (e.g. ``model.trainable_variables``), looked up in the optimizer.
+  Variables are matched to ``jax.tree.leaves(params)`` one to one: for a live
+  optimizer by the order it created its slots in (its first
+  ``apply_gradients`` / ``build``) or, explicitly, by `var_list` (the model
+  variables in the order of the params leaves, e.g.
+  ``model.trainable_variables``); for a file by the file's order of the
+  trainable variables, which is the optimizer's (``.keras``: the layers in
+  ``model.layers`` order, nested models depth first, each layer's variables
+  in creation order; ``.h5``: the ``optimizer_weights`` order; TF checkpoint:
+  the object graph's order), as `params_from_keras` reads them.
 
   Keras 3's Nadam has the momentum schedule ``0.96 ** t``, i.e.
   ``momentum_decay=1.0``: build tx with ``nadam(..., momentum_decay=1.0)`` (or
@@ -145,11 +221,15 @@ def state_from_keras(
   raises otherwise. tf-keras legacy uses its ``schedule_decay`` (0.004).
 
   Args:
-    optimizer: the Keras Nadam (after training; an unbuilt one gives a fresh state).
+    source: the Keras Nadam (after training; an unbuilt one gives a fresh
+      state), or the path of a file holding one.
     tx: the optax transformation to continue with (see `state_from_torch`).
     params: the params tree.
-    var_list: optional model variables, ``var_list[i]`` being the peer of
-      ``jax.tree.leaves(params)[i]``.
+    var_list: live optimizers only: model variables, ``var_list[i]`` being
+      the peer of ``jax.tree.leaves(params)[i]``.
+    layout: optional ``(params_leaf_path, array) -> array`` applied to every
+      moment (and EMA average / accumulated gradient) before matching; the
+      path is ``jax.tree_util.keystr`` of the leaf, e.g. ``"['dense']['kernel']"``.
     sync_schedules: also set the step count of learning-rate schedules and
       ``inject_hyperparams`` in tx's state to the imported count.
     check_schedule: verify that tx's next momentum coefficient equals the
@@ -159,14 +239,24 @@ def state_from_keras(
     A state with the structure of ``tx.init(params)``.
 
   Raises:
-    TypeError: not a Keras Nadam.
-    ValueError: wrong number of variables, a shape / dtype / value that does
-      not fit, a variable in `var_list` the optimizer does not know, Keras 3
-      gradient accumulators that are not empty, or a momentum schedule that
-      differs from tx's. The message names the variable and the params leaf.
+    FileNotFoundError: no file at `source`.
+    TypeError: not a Keras Nadam, or `var_list` with a file.
+    ValueError: a file of another format, truncated or holding another
+      optimizer's state; wrong number of variables, a shape / dtype / value
+      that does not fit, a variable in `var_list` the optimizer does not know,
+      Keras 3 gradient accumulators that are not empty, or a momentum schedule
+      that differs from tx's. The message names the file, the variable and the
+      params leaf.
   """
+  kwargs = dict(sync_schedules=sync_schedules, check_schedule=check_schedule)
+  if _is_path(source):
+    if var_list is not None:
+      raise TypeError("var_list matches live variables; a file's variables come in its order.")
+    return _file_state(keras_files.read(source), tx, params, layout, **kwargs)
+  optimizer = source
   kind = _keras_kind(optimizer)
-  n = len(param_paths(params))
+  paths = param_paths(params)
+  n = len(paths)
   if var_list is not None and len(var_list) != n:
     raise ValueError(f"var_list has {len(var_list)} variables but params has {n} leaves.")
   count = int(to_scalar(_value(optimizer.iterations), "optimizer.iterations"))
@@ -194,11 +284,87 @@ def state_from_keras(
     m, v = pairs[i]
     name = _var_name(var_list[i]) if var_list is not None else _var_name(m)
     where = f"Keras variable {i} ({name})"
-    slots.append(PeerSlot(where, count, mu_product, _value(m), _value(v), b1, psi))
+    slots.append(PeerSlot(where, count, mu_product, _laid_out(layout, paths[i], _value(m), where),
+                          _laid_out(layout, paths[i], _value(v), where), b1, psi))
   if not built and count:
     raise ValueError(f"optimizer.iterations is {count} but the optimizer has no slots.")
-  return build_state(tx, params, slots, sync_schedules=sync_schedules,
-                     check_schedule=check_schedule, extras=extras)
+  if layout is not None and (extras.ema is not None or extras.accumulators is not None):
+    each = lambda xs: None if xs is None else [  # noqa: E731
+        _laid_out(layout, p, x, s.where) for p, x, s in zip(paths, xs, slots)]
+    extras = extras._replace(accumulators=each(extras.accumulators), ema=each(extras.ema))
+  return build_state(tx, params, slots, extras=extras, **kwargs)
+
+
+def _live_weights(source: Any) -> Any:
+  """(names, arrays) of a live Keras model's trainable variables, or of a variable list."""
+  variables = getattr(source, "trainable_variables", None)
+  if variables is None:
+    variables = getattr(source, "trainable_weights", None)
+  if variables is None:
+    if not isinstance(source, (list, tuple)):
+      raise TypeError(
+          f"source is a {type(source).__name__}; params_from_keras reads a file path, a Keras "
+          "model or a list of its variables.")
+    variables = source
+  return "source", [_var_name(v) for v in variables], [_value(v) for v in variables]
+
+
+def params_from_keras(source: Any, like: optax.Params, *,
+                      layout: Optional[Layout] = None) -> optax.Params:
+  """The trainable weights of a Keras model or file, as a params tree shaped like `like`.
+
+  Files are read as data (see `state_from_keras`; custom layer classes need
+  not be importable). The i-th trainable variable, in the file's order (the
+  order the optimizer holds its slots in; a file saved without an optimizer
+  gives every saved variable of the layers not marked ``trainable: false``),
+  becomes ``jax.tree.leaves(like)[i]``. For a live model that order is
+  ``model.trainable_variables``.
+
+  Args:
+    source: a path (``.keras``, tf-keras ``.h5``, TF checkpoint prefix or
+      directory), a Keras model, or a list of Keras / tf variables.
+    like: a params tree (arrays or ``jax.ShapeDtypeStruct``) giving the
+      structure, shapes and dtypes.
+    layout: optional ``(params_leaf_path, array) -> array`` applied to every
+      weight before matching (a Keras ``Dense`` kernel is already ``(in, out)``
+      like Flax's; convolution kernels may need a transpose).
+
+  Returns:
+    A tree like `like` of jax arrays (placed with `like`'s shardings).
+
+  Raises:
+    FileNotFoundError: no file at `source`.
+    ValueError: another format, a truncated file, a number of weights, shape,
+      dtype or non-finite value that does not fit; the message names the
+      file, the variable and the params leaf path.
+  """
+  if _is_path(source):
+    kf = keras_files.read(source)
+    file, names, arrays = kf.path, kf.names, kf.weights
+  else:
+    file, names, arrays = _live_weights(source)
+  leaves, treedef = jax.tree.flatten(like)
+  paths = _tree.leaf_paths(like)
+  if len(arrays) != len(leaves):
+    raise ValueError(
+        f"{file} holds {len(arrays)} trainable weights ({names[:5]}"
+        f"{' ...' if len(names) > 5 else ''}) but like has {len(leaves)} leaves ({paths[:5]}"
+        f"{' ...' if len(paths) > 5 else ''}); they are matched one to one in order.")
+  out = []
+  for name, x, leaf, path in zip(names, arrays, leaves, paths):
+    where = f"{file}: Keras variable {name!r} (params leaf {path})"
+    x = _laid_out(layout, path, x, where)
+    if tuple(x.shape) != tuple(leaf.shape):
+      raise ValueError(f"{where} has shape {tuple(x.shape)}; the params leaf has "
+                       f"{tuple(leaf.shape)}{' (after layout)' if layout else ''}.")
+    if np.dtype(x.dtype) != np.dtype(leaf.dtype):
+      raise ValueError(f"{where} has dtype {x.dtype}; the params leaf has {leaf.dtype}.")
+    if not np.all(np.isfinite(x)):
+      raise ValueError(f"{where} holds NaN or Inf.")
+    sharding = getattr(leaf, "sharding", None)
+    x = np.array(x, copy=True)
+    out.append(jax.device_put(x, sharding) if sharding is not None else jnp.asarray(x))
+  return jax.tree.unflatten(treedef, out)
 
 
 def state_to_keras(
