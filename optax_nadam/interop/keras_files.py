@@ -143,13 +143,29 @@ _NOT_MODEL = ("optimizer", "compile_metrics", "compile_loss", "metrics", "loss",
               "_compile_metrics", "_loss_tracker")
 
 
+# Built-in layers whose last saved variables are not trainable (moving statistics).
+_NON_TRAINABLE_TAIL = {"BatchNormalization": 2}
+
+
 def _walk(group: Any, path: str, cfg: Optional[Dict[str, Any]], units: List[Any]) -> None:
-  """Appends (path, trainable?, [datasets]) per layer, in the order Keras tracks them."""
-  trainable = not (isinstance(cfg, dict) and cfg.get("config", {}).get("trainable") is False)
+  """Appends ``(path, fixed, [datasets])`` per layer, in the order Keras tracks them.
+
+  ``fixed`` is the number of trainable variables when the config says it
+  (``trainable: false``: 0; a BatchNormalization: all but its moving
+  statistics), else None.
+  """
+  fixed = None
+  if isinstance(cfg, dict) and isinstance(cfg.get("config"), dict):
+    if cfg["config"].get("trainable") is False:
+      fixed = 0
+    elif cfg.get("class_name") in _NON_TRAINABLE_TAIL and cfg.get("module", "keras.layers") in (
+        "keras.layers", "keras.src.layers"):
+      fixed = -_NON_TRAINABLE_TAIL[cfg["class_name"]]
   if "vars" in group:
     own = group["vars"]
-    units.append((f"{path}/vars" if path else "vars", trainable,
-                  [own[k] for k in sorted(own, key=int)]))
+    dss = [own[k] for k in sorted(own, key=int)]
+    k = None if fixed is None else (max(len(dss) + fixed, 0) if fixed < 0 else fixed)
+    units.append((f"{path}/vars" if path else "vars", k, dss))
   if "layers" in group:
     for name, entry in _children_in_order(group["layers"], cfg):
       _walk(group["layers"][name], f"{path}/layers/{name}".lstrip("/"), entry, units)
@@ -165,36 +181,35 @@ def _line_up(units: List[Any], shapes: List[Tuple[int, ...]], path: str) -> List
 
   A layer saves its trainable variables first (``vars/0``, ...), then the others
   (a BatchNormalization's moving statistics); the optimizer's slots follow the
-  trainable ones in order. The number taken from each layer is the one that
-  makes the shapes line up; it must be unique.
+  trainable ones in order. Each layer takes the number of variables that makes
+  the shapes line up (the config's when it says); when several ways fit,
+  earlier layers take more.
   """
   n_units, n = len(units), len(shapes)
-  ways: Dict[Tuple[int, int], int] = {}
+  ways: Dict[Tuple[int, int], bool] = {}
 
-  def fits(u: int, s: int) -> int:  # how many of units[u]'s variables match shapes[s:]
-    _, trainable, dss = units[u]
+  def choices(u: int, s: int) -> List[int]:  # numbers of units[u]'s variables that match
+    _, fixed, dss = units[u]
     k = 0
-    while trainable and k < len(dss) and s + k < n and tuple(dss[k].shape) == shapes[s + k]:
+    while k < len(dss) and s + k < n and tuple(dss[k].shape) == shapes[s + k]:
       k += 1
-    return k
+    return list(range(k + 1)) if fixed is None else [fixed] if fixed <= k else []
 
-  def count(u: int, s: int) -> int:  # ways to line up units[u:] with shapes[s:], capped at 2
+  def fits(u: int, s: int) -> bool:  # can units[u:] line up with shapes[s:]?
     if u == n_units:
-      return int(s == n)
+      return s == n
     if (u, s) not in ways:
-      ways[(u, s)] = min(sum(count(u + 1, s + k) for k in range(fits(u, s) + 1)), 2)
+      ways[(u, s)] = any(fits(u + 1, s + k) for k in choices(u, s))
     return ways[(u, s)]
 
-  found = count(0, 0)
-  if found != 1:
+  if not fits(0, 0):
     listing = [(p, [tuple(d.shape) for d in dss]) for p, _, dss in units]
     raise FileFormatError(
-        f"{path}: the layers' saved variables {listing} "
-        f"{'cannot be lined up' if found == 0 else 'line up in more than one way'} with the "
-        f"optimizer's {n} slot shapes {shapes}; the trainable variables cannot be told apart.")
+        f"{path}: the layers' saved variables {listing} cannot be lined up with the "
+        f"optimizer's {n} slot shapes {shapes}.")
   out, s = [], 0
   for u, (upath, _, dss) in enumerate(units):
-    k = next(k for k in range(fits(u, s) + 1) if count(u + 1, s + k))
+    k = max(k for k in choices(u, s) if fits(u + 1, s + k))
     out.extend((f"{upath}/{i}", dss[i]) for i in range(k))
     s += k
   return out
@@ -252,13 +267,13 @@ def _keras3_from_h5(path: str, config: Dict[str, Any], h5: Any) -> KerasFile:
   if "optimizer" in h5 and "vars" in h5["optimizer"]:
     group = h5["optimizer"]["vars"]
     opt_vars = [group[k] for k in sorted(group, key=int)]
-  if not opt_vars or opt_name is None:
-    picked = [(f"{p}/{i}", d) for p, trainable, dss in units if trainable
-              for i, d in enumerate(dss)]
+  if not opt_vars or opt_name is None or opt_name.lower() != "nadam":
+    # Without a Nadam's slots to line up with, the config's hints decide; another
+    # optimizer's state is refused by the caller, by name.
+    picked = [(f"{p}/{i}", d) for p, fixed, dss in units
+              for i, d in enumerate(dss[:len(dss) if fixed is None else fixed])]
     return KerasFile(path, "v3", opt_name, opt_cfg, [p for p, _ in picked],
                      [_array(d) for _, d in picked])
-  if opt_name.lower() != "nadam":
-    return KerasFile(path, "v3", opt_name, opt_cfg, [], [])  # refused by the caller, by name
   lr_var = not isinstance(opt_cfg.get("learning_rate"), dict)
   ema = bool(opt_cfg.get("use_ema"))
   k = int(opt_cfg.get("gradient_accumulation_steps") or 0)
@@ -330,27 +345,28 @@ def _legacy_from_h5(path: str, h5: Any) -> KerasFile:
     return KerasFile(path, "legacy", opt_name, opt_cfg, list(weights), list(weights.values()))
   ow = h5["optimizer_weights"]
   names = [_text(n) for n in ow.attrs.get("weight_names", [])]
-  if opt_name != "Nadam" or "is_legacy_optimizer" in opt_cfg and not opt_cfg[
-      "is_legacy_optimizer"]:
-    return KerasFile(path, "legacy", opt_name if opt_name != "Nadam" else "Nadam (non-legacy)",
-                     opt_cfg, [], [])
-  if len(names) < 2 or not names[1].endswith("/momentum_cache:0"):
-    raise FileFormatError(
-        f"{path}: the legacy Nadam's optimizer_weights {names[:4]} do not start with "
-        "[iter, momentum_cache].")
-  slots = names[2:]
-  n = len(slots) // 2
+  ms = [x for x in names if x.endswith("/m:0")]
+  vs = [x for x in names if x.endswith("/v:0")]
   order = []
-  for i, (m, v) in enumerate(zip(slots[:n], slots[n:])):
-    if not (m.endswith("/m:0") and v.endswith("/v:0") and m[:-4] == v[:-4]):
-      raise FileFormatError(f"{path}: optimizer weight {i} is {m!r} / {v!r}, not an m / v pair.")
-    var = m[:-4].split("/", 1)[1] + ":0"  # drop the optimizer's name scope
+  for m in ms:
+    var = m[:-4].split("/", 1)[-1] + ":0"  # drop the optimizer's name scope
     if var not in weights:
       raise FileFormatError(
           f"{path}: optimizer slot {m!r} belongs to {var!r}, which is not among the model's "
           f"saved weights {list(weights)[:6]}.")
     order.append(var)
+  if not order:  # an optimizer without m slots: every saved weight, in layer order
+    order = list(weights)
+  nadam = opt_name == "Nadam" and opt_cfg.get("is_legacy_optimizer", True) is not False
+  if opt_name == "Nadam" and not nadam:
+    opt_name = "Nadam (tf_keras.optimizers.Nadam, not legacy)"
+  if not nadam or len(names) < 2 or not names[1].endswith("/momentum_cache:0"):
+    return KerasFile(path, "legacy", opt_name, opt_cfg, order, [weights[w] for w in order])
+  if [x[:-4] for x in ms] != [x[:-4] for x in vs] or len(names) != 2 + 2 * len(ms):
+    raise FileFormatError(
+        f"{path}: the legacy Nadam's optimizer_weights {names[:6]} are not "
+        "[iter, momentum_cache, m..., v...] with one m and one v per variable.")
   return KerasFile(
       path, "legacy", opt_name, opt_cfg, order, [weights[w] for w in order],
       count=int(_array(ow[names[0]])), mu_product=float(_array(ow[names[1]])),
-      m=[_array(ow[x]) for x in slots[:n]], v=[_array(ow[x]) for x in slots[n:]])
+      m=[_array(ow[x]) for x in ms], v=[_array(ow[x]) for x in vs])

@@ -69,7 +69,7 @@ def read(path: str) -> KerasFile:
     reader = tf.train.load_checkpoint(prefix)
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor(_GRAPH_KEY))
-  except (tf.errors.OpError, ValueError) as e:
+  except (tf.errors.OpError, ValueError, IndexError) as e:
     raise FileFormatError(
         f"{path} cannot be read as a TF checkpoint with its object graph ({type(e).__name__}: "
         f"{str(e).splitlines()[0] if str(e) else ''}); is it truncated or damaged?") from None
@@ -81,7 +81,7 @@ def read(path: str) -> KerasFile:
       raise FileFormatError(f"{path}: object graph node {node_id} holds no variable.")
     try:
       return np.array(reader.get_tensor(keys[0]), copy=True)
-    except tf.errors.OpError as e:
+    except (tf.errors.OpError, IndexError) as e:
       raise FileFormatError(
           f"{path}: variable {keys[0]!r} cannot be read ({type(e).__name__}); is the "
           "checkpoint truncated or damaged?") from None
@@ -102,10 +102,12 @@ def read(path: str) -> KerasFile:
   for s in node.slot_variables:
     slots.setdefault(s.slot_name, []).append(s)
   config = {h: float(value(children[h])) for h in _HYPER if h in children}
+  first = slots.get("m") or next(iter(slots.values()))
+  originals = [s.original_variable_node_id for s in first]
   if "momentum_cache" not in children or sorted(slots) != ["m", "v"]:
     kind = "Adam" if sorted(slots) == ["m", "v"] else f"an optimizer with slots {sorted(slots)}"
-    return KerasFile(path, "legacy", kind, config, [], [])
-  originals = [s.original_variable_node_id for s in slots["m"]]
+    return KerasFile(path, "legacy", kind, config, [key(i) for i in originals],
+                     [value(i) for i in originals])
   if [s.original_variable_node_id for s in slots["v"]] != originals:
     raise FileFormatError(f"{path}: the optimizer's m and v slots are of different variables.")
   return KerasFile(
