@@ -12,6 +12,10 @@ Runs in its own process so that the custom layer class below (defined in this
   ``k3_saved.npz`` holds the trainable weights at save time.
 - ``k3_bn.keras``: Keras 3 ``Dense(4) -> BatchNormalization -> Dense(2)`` after
   one fit step (weights at save time in ``k3_bn_saved.npz``).
+- ``k3_ema.keras``: ``Dense(4, tanh) -> Dense(2)`` with Nadam(ExponentialDecay
+  schedule, weight_decay=0.01, use_ema=True, gradient_accumulation_steps=3),
+  saved one call into an accumulation cycle; ``k3_ema_after.npz`` and
+  ``k3_ema_average.npz`` hold the weights and EMA averages 20 steps later.
 - ``k3_adam.keras``: the first model's architecture trained with Keras 3 Adam.
 - ``legacy.h5`` and ``legacy_ckpt/ckpt-1``: tf-keras ``Dense(4, tanh) -> Dense(2)``
   with ``tf_keras.optimizers.legacy.Nadam(0.01)`` after ``fit``, saved with
@@ -75,6 +79,19 @@ def keras3_files():
   bn.fit(X, Y, batch_size=16, epochs=1, verbose=0)
   bn.save(path("k3_bn.keras"))
   save_weights("k3_bn_saved.npz", bn.trainable_variables)
+
+  ema = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
+                          keras.layers.Dense(2)])
+  schedule = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=10, decay_rate=0.9)
+  ema.compile(keras.optimizers.Nadam(learning_rate=schedule, weight_decay=0.01, use_ema=True,
+                                     gradient_accumulation_steps=3), "mse",
+              jit_compile=False)  # jitted fit with use_ema fails in Keras 3.15 (donated buffer)
+  ema.fit(X, Y, batch_size=4, epochs=1, shuffle=False, verbose=0)  # 4 calls: 1 into a cycle
+  ema.save(path("k3_ema.keras"))
+  for _ in range(STEPS_AFTER):
+    ema.train_on_batch(X, Y)
+  save_weights("k3_ema_after.npz", ema.trainable_variables)
+  save_weights("k3_ema_average.npz", ema.optimizer._model_variables_moving_average)
 
   adam = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
                            keras.layers.Dense(2)])

@@ -56,12 +56,19 @@ def _mlp_loss(params, x, y):
   return jnp.mean((h @ w2 + b2 - y) ** 2)
 
 
-def _continue(tx, params, state, x, y):
-  grad = jax.jit(jax.grad(_mlp_loss))
+def _continue_with_state(tx, params, state, x, y):
+  @jax.jit
+  def step(params, state):
+    updates, state = tx.update(jax.grad(_mlp_loss)(params, x, y), state, params)
+    return optax.apply_updates(params, updates), state
+
   for _ in range(STEPS):
-    updates, state = tx.update(grad(params, x, y), state, params)
-    params = optax.apply_updates(params, updates)
-  return [np.asarray(p) for p in params]
+    params, state = step(params, state)
+  return [np.asarray(p) for p in params], state
+
+
+def _continue(tx, params, state, x, y):
+  return _continue_with_state(tx, params, state, x, y)[0]
 
 
 def _gap(ours, theirs, name):
@@ -100,6 +107,23 @@ def test_file_resumes_the_peers_run(files, case):
   # Control: the same params with a fresh optimizer state miss the run.
   fresh = _continue(tx, params, tx.init(params), x, y)
   assert _gap(fresh, theirs, f"control, {case} with a fresh state") > 30 * TOL
+
+
+@pytest.mark.slow
+def test_keras3_file_mid_accumulation_with_ema_schedule_and_weight_decay(files):
+  from optax_nadam import keras as okeras
+
+  path = files / "k3_ema.keras"
+  x, y = _data(files)
+  config = interop.optimizer_config_from_keras(path)
+  assert config["use_ema"] and config["gradient_accumulation_steps"] == 3
+  tx = okeras.Nadam.from_config(config)
+  params = interop.params_from_keras(path, _like(LEGACY_SHAPES))
+  state = interop.state_from_keras(path, tx, params)
+  params, state = _continue_with_state(tx, params, state, x, y)
+  assert _gap(params, _weights(files / "k3_ema_after.npz"), "keras3_ema_accumulation") <= TOL
+  average = _weights(files / "k3_ema_average.npz")
+  assert _gap(jax.tree.leaves(state.ema), average, "keras3 EMA averages") <= TOL
 
 
 @pytest.mark.slow

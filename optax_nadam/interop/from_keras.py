@@ -5,7 +5,7 @@ Sources are live optimizers / models, or files read as plain data by
 """
 
 import os
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,110 +22,15 @@ from optax_nadam.interop.build import (
   read_state,
   to_scalar,
 )
-
-
-def _mro_names(obj: Any) -> List[str]:
-  return [f"{c.__module__}.{c.__qualname__}" for c in type(obj).__mro__]
-
-
-def _keras_kind(optimizer: Any) -> str:
-  """'legacy' (tf-keras legacy Nadam) or 'v3' (Keras 3 / tf_keras.optimizers.Nadam)."""
-  names = _mro_names(optimizer)
-  if not any(n.rsplit(".", 1)[-1] == "Nadam" for n in names):
-    raise TypeError(
-        f"optimizer is a {type(optimizer).__name__}; state_from_keras reads a Keras Nadam "
-        "(tf_keras.optimizers.legacy.Nadam, keras.optimizers.Nadam)."
-    )
-  if any(".legacy." in n for n in names) or hasattr(optimizer, "_m_cache"):
-    return "legacy"
-  return "v3"
-
-
-def _value(variable: Any) -> np.ndarray:
-  """A numpy copy of a tf / Keras variable's value."""
-  if hasattr(variable, "numpy"):
-    return np.array(variable.numpy(), copy=True)
-  return np.array(variable, copy=True)
-
-
-def _var_name(var: Any) -> str:
-  return str(getattr(var, "path", None) or getattr(var, "name", None) or "?")
-
-
-def _legacy_slot_vars(optimizer: Any, n: int, var_list: Optional[Sequence[Any]]):
-  """(m, v) slot variables of a tf-keras legacy Nadam, one pair per variable."""
-  if var_list is not None:
-    pairs = []
-    for i, var in enumerate(var_list):
-      try:
-        pairs.append((optimizer.get_slot(var, "m"), optimizer.get_slot(var, "v")))
-      except KeyError:
-        raise ValueError(
-            f"Keras variable {i} ({_var_name(var)}) has no slots in this optimizer; was it "
-            "in the var_list the optimizer was applied to?"
-        ) from None
-    return pairs
-  weights = optimizer.weights
-  if len(weights) != 2 + 2 * n:
-    raise ValueError(
-        f"The tf-keras legacy Nadam holds {len(weights)} weights (iterations, momentum "
-        f"cache, then m and v per variable = {(len(weights) - 2) / 2:g} variables) but "
-        f"params has {n} leaves. Pass var_list to match variables explicitly."
-    )
-  ms, vs = weights[2:2 + n], weights[2 + n:]
-  for i, (m, v) in enumerate(zip(ms, vs)):
-    m_name, v_name = _var_name(m).split(":")[0], _var_name(v).split(":")[0]
-    if not (m_name.endswith("/m") and v_name.endswith("/v") and m_name[:-2] == v_name[:-2]):
-      raise ValueError(
-          f"The legacy Nadam's weights are not in [iterations, cache, m..., v...] order at "
-          f"variable {i} ({m_name!r} / {v_name!r}). Pass var_list to match explicitly."
-      )
-  return list(zip(ms, vs))
-
-
-def _v3_slot_vars(optimizer: Any, n: int, var_list: Optional[Sequence[Any]]):
-  """(momentum, velocity) variables of a Keras 3 / tf_keras Nadam per variable."""
-  ms, vs = list(optimizer._momentums), list(optimizer._velocities)
-  if var_list is None:
-    if len(ms) != n:
-      raise ValueError(
-          f"The Keras Nadam was built on {len(ms)} variables but params has {n} leaves. "
-          "Pass var_list to match variables explicitly."
-      )
-    return list(zip(ms, vs))
-  index = [_v3_index(optimizer, var, i) for i, var in enumerate(var_list)]
-  return [(ms[k], vs[k]) for k in index]
-
-
-def _v3_index(optimizer: Any, var: Any, i: int) -> int:
-  """Position of model variable `var` in a built Keras 3 / tf_keras optimizer."""
-  try:
-    if hasattr(optimizer, "_get_variable_index"):
-      return optimizer._get_variable_index(var)
-    return optimizer._index_dict[optimizer._var_key(var)]
-  except (KeyError, AttributeError):
-    raise ValueError(
-        f"Keras variable {i} ({_var_name(var)}) is not one the optimizer was built on."
-    ) from None
-
-
-def _v3_extras(optimizer: Any, n: int, var_list, count: int) -> PeerExtras:
-  """Gradient accumulation and EMA state of a Keras 3 optimizer, per variable."""
-  k = getattr(optimizer, "gradient_accumulation_steps", None) or 1
-  raw = getattr(optimizer, "_iterations", None)
-  real = int(to_scalar(_value(raw), "optimizer._iterations")) if k > 1 and raw is not None else (
-      count)
-  index = list(range(n)) if var_list is None else [_v3_index(optimizer, v, i)
-                                                   for i, v in enumerate(var_list)]
-  acc = getattr(optimizer, "_accumulated_gradients", None) or None
-  ema = getattr(optimizer, "_model_variables_moving_average", None) if getattr(
-      optimizer, "use_ema", False) else None
-  return PeerExtras(
-      mini_step=real % k,
-      accumulators=[_value(acc[j]) for j in index] if acc else None,
-      ema=[_value(ema[j]) for j in index] if ema else None,
-  )
-
+from optax_nadam.interop.keras_live import (
+  keras_kind,
+  legacy_slot_vars,
+  live_weights,
+  v3_extras,
+  v3_slot_vars,
+  value,
+  var_name,
+)
 
 Layout = Callable[[str, np.ndarray], Any]
 
@@ -254,12 +159,12 @@ def state_from_keras(
       raise TypeError("var_list matches live variables; a file's variables come in its order.")
     return _file_state(keras_files.read(source), tx, params, layout, **kwargs)
   optimizer = source
-  kind = _keras_kind(optimizer)
+  kind = keras_kind(optimizer)
   paths = param_paths(params)
   n = len(paths)
   if var_list is not None and len(var_list) != n:
     raise ValueError(f"var_list has {len(var_list)} variables but params has {n} leaves.")
-  count = int(to_scalar(_value(optimizer.iterations), "optimizer.iterations"))
+  count = int(to_scalar(value(optimizer.iterations), "optimizer.iterations"))
   if count < 0:
     raise ValueError(f"optimizer.iterations is {count}; a step count is >= 0.")
   if kind == "legacy":
@@ -267,25 +172,25 @@ def state_from_keras(
     b1, psi = float(config["beta_1"]), float(config["decay"])  # legacy stores psi as decay
     cache = getattr(optimizer, "_m_cache", None)
     built = cache is not None
-    mu_product = to_scalar(_value(cache), "optimizer momentum_cache") if built else 1.0
-    pairs = _legacy_slot_vars(optimizer, n, var_list) if built else None
+    mu_product = to_scalar(value(cache), "optimizer momentum_cache") if built else 1.0
+    pairs = legacy_slot_vars(optimizer, n, var_list) if built else None
     extras = PeerExtras()
   else:
     b1, psi = float(optimizer.beta_1), 1.0
     built = getattr(optimizer, "_u_product", None) is not None
-    mu_product = to_scalar(_value(optimizer._u_product), "optimizer u_product") if built else 1.0
-    pairs = _v3_slot_vars(optimizer, n, var_list) if built else None
-    extras = _v3_extras(optimizer, n, var_list, count) if built else PeerExtras()
+    mu_product = to_scalar(value(optimizer._u_product), "optimizer u_product") if built else 1.0
+    pairs = v3_slot_vars(optimizer, n, var_list) if built else None
+    extras = v3_extras(optimizer, n, var_list, count) if built else PeerExtras()
   slots = []
   for i in range(n):
     if pairs is None:
       slots.append(PeerSlot(f"Keras variable {i}", None, None, None, None, b1, psi))
       continue
     m, v = pairs[i]
-    name = _var_name(var_list[i]) if var_list is not None else _var_name(m)
+    name = var_name(var_list[i]) if var_list is not None else var_name(m)
     where = f"Keras variable {i} ({name})"
-    slots.append(PeerSlot(where, count, mu_product, _laid_out(layout, paths[i], _value(m), where),
-                          _laid_out(layout, paths[i], _value(v), where), b1, psi))
+    slots.append(PeerSlot(where, count, mu_product, _laid_out(layout, paths[i], value(m), where),
+                          _laid_out(layout, paths[i], value(v), where), b1, psi))
   if not built and count:
     raise ValueError(f"optimizer.iterations is {count} but the optimizer has no slots.")
   if layout is not None and (extras.ema is not None or extras.accumulators is not None):
@@ -293,20 +198,6 @@ def state_from_keras(
         _laid_out(layout, p, x, s.where) for p, x, s in zip(paths, xs, slots)]
     extras = extras._replace(accumulators=each(extras.accumulators), ema=each(extras.ema))
   return build_state(tx, params, slots, extras=extras, **kwargs)
-
-
-def _live_weights(source: Any) -> Any:
-  """(names, arrays) of a live Keras model's trainable variables, or of a variable list."""
-  variables = getattr(source, "trainable_variables", None)
-  if variables is None:
-    variables = getattr(source, "trainable_weights", None)
-  if variables is None:
-    if not isinstance(source, (list, tuple)):
-      raise TypeError(
-          f"source is a {type(source).__name__}; params_from_keras reads a file path, a Keras "
-          "model or a list of its variables.")
-    variables = source
-  return "source", [_var_name(v) for v in variables], [_value(v) for v in variables]
 
 
 def params_from_keras(source: Any, like: optax.Params, *,
@@ -342,7 +233,7 @@ def params_from_keras(source: Any, like: optax.Params, *,
     kf = keras_files.read(source)
     file, names, arrays = kf.path, kf.names, kf.weights
   else:
-    file, names, arrays = _live_weights(source)
+    file, names, arrays = live_weights(source)
   leaves, treedef = jax.tree.flatten(like)
   paths = _tree.leaf_paths(like)
   if len(arrays) != len(leaves):
@@ -365,6 +256,33 @@ def params_from_keras(source: Any, like: optax.Params, *,
     x = np.array(x, copy=True)
     out.append(jax.device_put(x, sharding) if sharding is not None else jnp.asarray(x))
   return jax.tree.unflatten(treedef, out)
+
+
+def optimizer_config_from_keras(source: Any) -> dict:
+  """The saved optimizer's config (``get_config()`` as stored), to build tx like the peer.
+
+  E.g. ``optax_nadam.keras.Nadam.from_config(optimizer_config_from_keras('m.keras'))``
+  is the Keras front with the peer's hyperparameters (Keras 3 configs map to
+  ``schedule_decay=1.0``). A TF checkpoint stores only ``learning_rate``,
+  ``beta_1``, ``beta_2`` and ``decay`` (epsilon and clipping are not saved).
+
+  Args:
+    source: a path (``.keras``, tf-keras ``.h5``, TF checkpoint) or a live
+      Keras optimizer.
+
+  Returns:
+    A dict of plain values.
+
+  Raises:
+    FileNotFoundError: no file at `source`.
+    ValueError: another format, a damaged file, or no optimizer saved.
+  """
+  if not _is_path(source):
+    return dict(source.get_config())
+  kf = keras_files.read(source)
+  if kf.optimizer is None:
+    raise _not_nadam(kf)
+  return dict(kf.config)
 
 
 def state_to_keras(
@@ -396,7 +314,7 @@ def state_to_keras(
     ValueError: variable count or a shape differs (named), or the optimizer
       has no slots and no var_list was given.
   """
-  kind = _keras_kind(optimizer)
+  kind = keras_kind(optimizer)
   values = read_state(state, params)
   paths = param_paths(params)
   n = len(values)
@@ -407,7 +325,7 @@ def state_to_keras(
       optimizer._create_all_weights(list(var_list))
     if getattr(optimizer, "_m_cache", None) is None:
       raise ValueError("The legacy Nadam has no slots yet: pass var_list to create them.")
-    pairs = _legacy_slot_vars(optimizer, n, var_list)
+    pairs = legacy_slot_vars(optimizer, n, var_list)
     product_var = optimizer._m_cache
   else:
     if hasattr(optimizer, "_u_product_counter"):
@@ -418,7 +336,7 @@ def state_to_keras(
       optimizer.build(list(var_list))
     if getattr(optimizer, "_u_product", None) is None:
       raise ValueError("The Keras Nadam is not built: pass var_list to build it.")
-    pairs = _v3_slot_vars(optimizer, n, var_list)
+    pairs = v3_slot_vars(optimizer, n, var_list)
     product_var = optimizer._u_product
   counts = {c for c, _, _, _ in values}
   if len(counts) != 1:
@@ -427,10 +345,10 @@ def state_to_keras(
   for i, ((m_var, v_var), (_, _, m, v)) in enumerate(zip(pairs, values)):
     if tuple(m_var.shape) != m.shape:
       raise ValueError(
-          f"Keras variable {i} ({_var_name(m_var)}) has shape {tuple(m_var.shape)} but params "
+          f"Keras variable {i} ({var_name(m_var)}) has shape {tuple(m_var.shape)} but params "
           f"leaf {paths[i]} has {m.shape}."
       )
-    m_var.assign(m.astype(np.dtype(_value(m_var).dtype)))
-    v_var.assign(v.astype(np.dtype(_value(v_var).dtype)))
+    m_var.assign(m.astype(np.dtype(value(m_var).dtype)))
+    v_var.assign(v.astype(np.dtype(value(v_var).dtype)))
   optimizer.iterations.assign(counts.pop())
   product_var.assign(np.float32(mu_products.pop()))
