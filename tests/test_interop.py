@@ -145,7 +145,11 @@ def test_torch_import_continues_trajectory(case, from_state_dict):
     fresh, _ = _continue(tx, tx.init(mid), mid, grads[N:])
     assert _gap(fresh, theirs, "control: fresh tx.init instead of torch's state") > 100 * TOL
   if case == "lr_schedule":
-    unsynced = interop.state_from_torch(source, tx, mid, sync_schedules=False)
+    with pytest.raises(ValueError, match=r"learning_rate differs .*learning_rate=0\.001429, tx "
+                       r"steps as with learning_rate=0\.01\)"):
+      interop.state_from_torch(source, tx, mid, sync_schedules=False)  # schedule at step 0
+    unsynced = interop.state_from_torch(source, tx, mid, sync_schedules=False,
+                                        check_hyperparams=False)
     drift, _ = _continue(tx, unsynced, mid, grads[N:])
     assert max_rel_gap(drift, theirs, param_scale(theirs)) > 100 * TOL
 

@@ -1,31 +1,37 @@
-"""Move NAdam optimizer state between Keras / PyTorch and optax_nadam.
+"""Move NAdam optimizer state and weights between Keras / PyTorch and optax_nadam.
 
 `state_from_torch` and `state_from_keras` read a trained peer optimizer
-(`torch.optim.NAdam` or its ``state_dict()``, tf-keras legacy
-`tf_keras.optimizers.legacy.Nadam`, Keras 3 `keras.optimizers.Nadam`) and return
-the state of ``tx.init(params)`` with the step count, the mu-product and the
-moments filled in, so that training continues on the peer's trajectory.
+(`torch.optim.NAdam`, its ``state_dict()`` or a `torch.save` file; tf-keras
+legacy `tf_keras.optimizers.legacy.Nadam`, Keras 3 `keras.optimizers.Nadam`)
+and return the state of ``tx.init(params)`` with the step count, the
+mu-product and the moments filled in, so that training continues on the
+peer's trajectory. `params_from_torch` reads the model's weights.
 `state_to_torch` and `state_to_keras` go the other way.
 
-Matching is by position: the peer's i-th variable (torch: parameters in
-``param_groups`` order; Keras: the order the optimizer was built with, or the
-``var_list`` you pass) is ``jax.tree.leaves(params)[i]``. Counts, shapes, dtypes
-and values are validated and every error names the variable and the params
-leaf path. Array layouts must already agree (a torch ``Linear`` weight is
-``(out, in)``, a Flax ``Dense`` kernel ``(in, out)``): convert params and state
-alike before importing.
+Matching is by position (the peer's i-th variable is
+``jax.tree.leaves(params)[i]``), or by name with a naming `layout` such as
+`torch_to_flax`. A `layout` ``(params_leaf_path, array) -> array`` is applied
+to every weight and moment read (a torch ``Linear`` weight is ``(out, in)``,
+a Flax ``Dense`` kernel ``(in, out)``). Counts, shapes, dtypes and values are
+validated and every error names the variable and the params leaf path.
 
-Hyperparameters (learning rate, b2, eps, weight decay, clipping) are not state:
-they live in ``tx``; build it like the peer. b1 and the momentum schedule are
-checked (one probe update on zero gradients): Keras 3's Nadam and
-``tf_keras.optimizers.Nadam`` use ``momentum_decay=1.0``, not 0.004.
+The import checks tx's whole next step against the peer's hyperparameters
+(learning rate, betas, eps, weight decay, maximize, clipping; see
+`optax_nadam.interop.hyper`) and refuses a mismatch, naming the
+hyperparameter, both values and the tx that matches; ``check_hyperparams=False``
+allows a deliberate change. The momentum schedule check (``check_schedule``)
+catches Keras 3's ``momentum_decay=1.0``.
 
-Nothing is evaluated or unpickled: torch state dicts must hold tensors, numpy
-arrays and numbers only; never pass the output of ``torch.load`` of an untrusted
-file without ``weights_only=True``.
+Nothing is evaluated or unpickled: files are read with
+``torch.load(weights_only=True)``; in-memory state dicts must hold tensors,
+numpy arrays and numbers only.
 """
 
 from optax_nadam.interop.from_keras import state_from_keras, state_to_keras
-from optax_nadam.interop.from_torch import state_from_torch, state_to_torch
+from optax_nadam.interop.from_torch import params_from_torch, state_from_torch, state_to_torch
+from optax_nadam.interop.hyper import PeerHyperparams
+from optax_nadam.interop.layout import TorchToFlax, torch_linear_to_flax, torch_to_flax
 
-__all__ = ["state_from_keras", "state_from_torch", "state_to_keras", "state_to_torch"]
+__all__ = ["PeerHyperparams", "TorchToFlax", "params_from_torch", "state_from_keras",
+           "state_from_torch", "state_to_keras", "state_to_torch", "torch_linear_to_flax",
+           "torch_to_flax"]

@@ -1,16 +1,16 @@
-"""Peer-independent half of `optax_nadam.interop`: build and read our state.
+"""Peer-independent half of `optax_nadam.interop`: build our state from a peer's.
 
 A peer optimizer is read into one `PeerSlot` per parameter (what that
-parameter's slots hold, in our terms: count, mu-product, m, v, and the
-peer's b1 and psi). `build_state` turns those into the state of `tx.init(params)`
-with every `ScaleByNadamState` filled, validating as it goes, and `read_state`
-goes the other way for the export direction.
+parameter's slots hold, in our terms: count, mu-product, m, v, and the peer's
+b1 and psi), plus optionally its `PeerHyperparams` and `PeerExtras`.
+`build_state` turns those into the state of ``tx.init(params)``, one job a
+step: fill each ``ScaleByNadamState``, fill the accumulation and EMA state,
+check the momentum schedule, sync the schedule counters, check the whole step.
 """
 
 import math
-import sys
 import warnings
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +18,14 @@ import numpy as np
 import optax
 
 from optax_nadam import _tree
-from optax_nadam._tree import path_str as _path_str
+from optax_nadam._tree import path_str
+from optax_nadam.interop.arrays import to_array, to_scalar
+from optax_nadam.interop.hyper import PeerHyperparams, check_step
+from optax_nadam.interop.state_nodes import find_nadam_states, owners, param_paths, read_state
 from optax_nadam.transform import ScaleByNadamState, momentum_coefficient
+
+__all__ = ["PeerExtras", "PeerHyperparams", "PeerSlot", "build_state", "find_nadam_states",
+           "param_paths", "read_state", "to_array", "to_scalar"]
 
 _INT32_MAX = np.iinfo(np.int32).max
 # The next momentum coefficient of tx and of the peer agree to float32 rounding
@@ -50,59 +56,6 @@ class PeerExtras(NamedTuple):
   ema: Optional[List[np.ndarray]] = None  # moving averages of the variables, or None
 
 
-def find_nadam_states(state: Any) -> List[Tuple[Any, ScaleByNadamState]]:
-  """All `ScaleByNadamState` nodes of an optax state, with their tree paths."""
-  return _tree.find_nodes(state, ScaleByNadamState)
-
-
-param_paths = _tree.leaf_paths
-
-
-def _owners(state: Any, params: Any) -> List[Tuple[Any, List[int]]]:
-  """For each nadam node of `state`, the indices of the param leaves it holds.
-
-  Raises ValueError unless every param leaf is held by exactly one node (one
-  `scale_by_nadam`, or several on disjoint parts as with `optax.multi_transform`).
-  """
-  nodes = find_nadam_states(state)
-  if not nodes:
-    raise ValueError(
-        "tx has no scale_by_nadam in its state (no ScaleByNadamState found in "
-        "tx.init(params)). Pass optax_nadam.nadam(...), nadamw(...), keras.Nadam(...) "
-        "or an optax chain containing scale_by_nadam."
-    )
-  index = {p: i for i, p in enumerate(param_paths(params))}
-  owner: Dict[int, str] = {}
-  result = []
-  for node_path, node in nodes:
-    held = []
-    for leaf_path, _ in jax.tree_util.tree_flatten_with_path(node.m)[0]:
-      key = _path_str(leaf_path)
-      if key not in index:
-        raise ValueError(
-            f"The ScaleByNadamState at {_path_str(node_path)} holds a moment at {key}, "
-            "which is not a leaf path of params. Its moments must be shaped like the "
-            "params (not e.g. flattened by optax.flatten)."
-        )
-      i = index[key]
-      if i in owner:
-        raise ValueError(
-            f"params leaf {key} is held by two ScaleByNadamStates ({owner[i]} and "
-            f"{_path_str(node_path)}); a peer optimizer has one set of slots per "
-            "parameter, so tx must apply scale_by_nadam to it once."
-        )
-      owner[i] = _path_str(node_path)
-      held.append(i)
-    result.append((node_path, held))
-  missing = [p for p, i in index.items() if i not in owner]
-  if missing:
-    raise ValueError(
-        f"params leaves {missing[:5]} are not held by any scale_by_nadam in tx; the "
-        "peer's slots for them would be lost."
-    )
-  return result
-
-
 def _as_moment(name: str, x: np.ndarray, like: jax.Array, where: str) -> jax.Array:
   """Validated copy of a peer moment, cast to `like`'s dtype and placement."""
   if np.shape(x) != np.shape(like):
@@ -122,6 +75,18 @@ def _as_moment(name: str, x: np.ndarray, like: jax.Array, where: str) -> jax.Arr
     raise ValueError(f"{where}: v (second moment) has negative entries.")
   sharding = getattr(like, "sharding", None)
   return jax.device_put(cast, sharding) if sharding is not None else jnp.asarray(cast)
+
+
+def _named_slots(slots: Sequence[PeerSlot], params: Any) -> List[PeerSlot]:
+  """`slots` with each `where` naming its params leaf; refuses a count mismatch."""
+  paths = param_paths(params)
+  if len(slots) != len(paths):
+    raise ValueError(
+        f"The peer optimizer has slots for {len(slots)} variables but params has "
+        f"{len(paths)} leaves ({paths[:5]}{' ...' if len(paths) > 5 else ''}); they are "
+        "matched one to one in order."
+    )
+  return [s._replace(where=f"{s.where} (params leaf {p})") for s, p in zip(slots, paths)]
 
 
 def _node_scalars(slots: Sequence[PeerSlot], held: Sequence[int], node_where: str):
@@ -149,28 +114,42 @@ def _node_scalars(slots: Sequence[PeerSlot], held: Sequence[int], node_where: st
         f"{slots[unstepped[0]].where} has no optimizer state (never stepped) while "
         f"{first.where} has taken {first.count} steps; they share one step count."
     )
-  return min(first.count, int(_INT32_MAX)), first.mu_product
+  count, mu_product = min(first.count, int(_INT32_MAX)), first.mu_product
+  # 0 is legitimate: float32 underflow after ~900 steps at b1 = 0.9, or b1 = 0.
+  _tree.check_mu_product(mu_product, f"{first.where}: mu_product")
+  if count == 0 and mu_product != 1.0:
+    raise ValueError(f"{first.where}: step count 0 but mu_product {mu_product} (expected 1).")
+  return count, mu_product
 
 
-def _replace_at(tree: Any, path: Any, new: Any) -> Any:
-  """`tree` with the `ScaleByNadamState` at `path` replaced by `new`."""
-  return _tree.map_nodes(tree, ScaleByNadamState, lambda p, x: new if p == path else x)
+def _filled_node(node: ScaleByNadamState, slots: Sequence[PeerSlot], index: dict,
+                 count: int, mu_product: float) -> ScaleByNadamState:
+  """`node` with the peer's count, mu-product and moments (untouched: never stepped)."""
+  def moment(name, leaf_path, like):
+    s = slots[index[leaf_path]]
+    return like if s.count is None else _as_moment(name, getattr(s, name), like, s.where)
+
+  def fill(name, tree):
+    return jax.tree_util.tree_map_with_path(lambda p, x: moment(name, path_str(p), x), tree)
+
+  return ScaleByNadamState(count=jnp.asarray(count, jnp.int32),
+                           mu_product=jnp.asarray(mu_product, jnp.float32),
+                           m=fill("m", node.m), v=fill("v", node.v))
 
 
-_COUNTERS = (optax.ScaleByScheduleState, optax.InjectHyperparamsState,
-             optax.InjectStatefulHyperparamsState)
+def _fill_nadam(state: Any, params: Any, slots: Sequence[PeerSlot]) -> Tuple[Any, set]:
+  """Every `ScaleByNadamState` of `state` filled from `slots`; and the counts set."""
+  index = {p: i for i, p in enumerate(param_paths(params))}
+  held_by = dict(owners(state, params))
+  counts = set()
 
+  def fill(node_path, node):
+    count, mu_product = _node_scalars(
+        slots, held_by[node_path], f"the scale_by_nadam at {path_str(node_path)}")
+    counts.add(count)
+    return _filled_node(node, slots, index, count, mu_product)
 
-def _sync_counters(state: Any, count: int) -> Any:
-  """Sets the step counter of schedules and inject_hyperparams wrappers."""
-  is_counter = lambda x: isinstance(x, _COUNTERS)  # noqa: E731
-
-  def fix(x):
-    if not is_counter(x):
-      return x
-    return x._replace(count=jnp.asarray(count, jnp.asarray(x.count).dtype))
-
-  return jax.tree.map(fix, state, is_leaf=is_counter)
+  return _tree.map_nodes(state, ScaleByNadamState, fill), counts
 
 
 def _params_like(name: str, arrays: Sequence[np.ndarray], like: Any, slots) -> Any:
@@ -180,10 +159,8 @@ def _params_like(name: str, arrays: Sequence[np.ndarray], like: Any, slots) -> A
   return jax.tree.unflatten(treedef, out)
 
 
-def _fill_extras(state: Any, count: int, extras: PeerExtras, slots) -> Any:
-  """Gradient accumulation (`optax.MultiSteps`) and Keras-front EMA state."""
-  from optax_nadam.keras.optimizer import KerasNadamState  # the front imports nothing of ours here
-
+def _fill_accumulation(state: Any, count: int, extras: PeerExtras, slots) -> Any:
+  """The `optax.MultiSteps` state: the peer's mini-step and accumulated gradients."""
   multi = _tree.find_nodes(state, optax.MultiStepsState)
   pending = extras.mini_step != 0 or any(
       np.any(a != 0) for a in (extras.accumulators or []))
@@ -207,19 +184,36 @@ def _fill_extras(state: Any, count: int, extras: PeerExtras, slots) -> Any:
         gradient_step=jnp.asarray(count, node.gradient_step.dtype),
         acc_grads=acc)
 
-  state = _tree.map_nodes(state, optax.MultiStepsState, fix)
-  has_ema = isinstance(state, KerasNadamState) and not isinstance(state.ema, optax.EmptyState)
-  if extras.ema is not None and has_ema:
-    state = state._replace(ema=_params_like("EMA average", extras.ema, state.ema, slots))
-  elif extras.ema is not None:
+  return _tree.map_nodes(state, optax.MultiStepsState, fix)
+
+
+def _has_ema(params: Any):
+  """Is-leaf test for a state node with an ``ema`` field shaped like `params`."""
+  structure = jax.tree.structure(params)
+
+  def test(x):
+    ema = getattr(x, "ema", None) if hasattr(x, "_fields") else None
+    return ema is not None and jax.tree.structure(ema) == structure
+  return test
+
+
+def _fill_ema(state: Any, params: Any, ema: Optional[List[np.ndarray]], slots) -> Any:
+  """The peer's EMA averages into tx's params-shaped ``ema`` field, or a warning."""
+  if ema is None:
+    return state
+  has_ema = _has_ema(params)
+  if not any(has_ema(x) for x in jax.tree.leaves(state, is_leaf=has_ema)):
     warnings.warn(
         "The peer keeps EMA averages of the model variables (use_ema) and tx has no place "
         "for them (optax_nadam.keras.Nadam(use_ema=True) has); they are not imported.",
         stacklevel=4)
-  return state
+    return state
+  return jax.tree.map(
+      lambda x: x._replace(ema=_params_like("EMA average", ema, x.ema, slots))
+      if has_ema(x) else x, state, is_leaf=has_ema)
 
 
-def _check_schedule(tx, state, params, slots, owners) -> None:
+def _check_schedule(tx, state, params, slots) -> None:
   """Raises unless tx's next momentum coefficient is the peer's.
 
   One update on zero gradients from `state` with each mu-product set to 1
@@ -227,19 +221,14 @@ def _check_schedule(tx, state, params, slots, owners) -> None:
   its b1 and psi. This catches the Keras 3 trap (psi = 1, not 0.004) and a b1
   that differs, before the first real step goes wrong.
   """
-  probe = state
-  for node_path, _ in owners:
-    node = dict(find_nadam_states(probe))[node_path]
-    probe = _replace_at(probe, node_path, node._replace(mu_product=jnp.ones([], jnp.float32)))
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  _, after = tx.update(zeros, probe, params)
+  probe = _tree.map_nodes(state, ScaleByNadamState,
+                          lambda _, n: n._replace(mu_product=jnp.ones([], jnp.float32)))
+  _, after = tx.update(jax.tree.map(jnp.zeros_like, params), probe, params)
   after_nodes = dict(find_nadam_states(after))
   before_nodes = dict(find_nadam_states(probe))
-  for node_path, held in owners:
-    if not held or node_path not in after_nodes:
-      continue
-    old, new = before_nodes[node_path], after_nodes[node_path]
-    if int(new.count) == int(old.count):
+  for node_path, held in owners(state, params):
+    old, new = before_nodes[node_path], after_nodes.get(node_path)
+    if new is None or int(new.count) == int(old.count):
       continue  # this update did not step the nadam (accumulation, skipped step)
     t = int(new.count)
     ours = float(new.mu_product)
@@ -256,6 +245,22 @@ def _check_schedule(tx, state, params, slots, owners) -> None:
         )
 
 
+_COUNTERS = (optax.ScaleByScheduleState, optax.InjectHyperparamsState,
+             optax.InjectStatefulHyperparamsState)
+
+
+def _sync_counters(state: Any, count: int) -> Any:
+  """Sets the step counter of schedules and inject_hyperparams wrappers."""
+  is_counter = lambda x: isinstance(x, _COUNTERS)  # noqa: E731
+
+  def fix(x):
+    if not is_counter(x):
+      return x
+    return x._replace(count=jnp.asarray(count, jnp.asarray(x.count).dtype))
+
+  return jax.tree.map(fix, state, is_leaf=is_counter)
+
+
 def build_state(
     tx: optax.GradientTransformation,
     params: Any,
@@ -264,6 +269,8 @@ def build_state(
     sync_schedules: bool,
     check_schedule: bool,
     extras: Optional[PeerExtras] = None,
+    hyperparams: Optional[Sequence[PeerHyperparams]] = None,
+    check_hyperparams: Optional[bool] = None,
 ) -> Any:
   """``tx.init(params)`` with its ScaleByNadamState(s) filled from `slots`.
 
@@ -274,130 +281,25 @@ def build_state(
     sync_schedules: also set the step count of schedules / inject_hyperparams.
     check_schedule: probe tx's momentum schedule against the peer's.
     extras: Keras 3 accumulation / EMA state to fill in where tx has a place.
+    hyperparams: one `PeerHyperparams` per params leaf, or None (not known).
+    check_hyperparams: probe tx's whole next step against `hyperparams`
+      (`optax_nadam.interop.hyper.check_step`); None means `check_schedule`.
 
   Returns:
     The filled state.
   """
   extras = extras or PeerExtras()
-  paths = param_paths(params)
-  if len(slots) != len(paths):
-    raise ValueError(
-        f"The peer optimizer has slots for {len(slots)} variables but params has "
-        f"{len(paths)} leaves ({paths[:5]}{' ...' if len(paths) > 5 else ''}); they are "
-        "matched one to one in order."
-    )
-  slots = [s._replace(where=f"{s.where} (params leaf {p})") for s, p in zip(slots, paths)]
-  state = tx.init(params)
-  owners = _owners(state, params)
-  counts = set()
-  for node_path, held in owners:
-    node = dict(find_nadam_states(state))[node_path]
-    count, mu_product = _node_scalars(slots, held, f"the scale_by_nadam at "
-                                      f"{_path_str(node_path)}")
-    # 0 is legitimate: float32 underflow after ~900 steps at b1 = 0.9, or b1 = 0.
-    _tree.check_mu_product(mu_product, f"{slots[held[0]].where}: mu_product")
-    if count == 0 and mu_product != 1.0:
-      raise ValueError(
-          f"{slots[held[0]].where}: step count 0 but mu_product {mu_product} (expected 1)."
-      )
-    counts.add(count)
-    held_set = set(held)
-    m_leaves, m_def = jax.tree_util.tree_flatten_with_path(node.m)
-    v_leaves = jax.tree.leaves(node.v)
-    index = {p: i for i, p in enumerate(paths)}
-    new_m, new_v = [], []
-    for (leaf_path, m_like), v_like in zip(m_leaves, v_leaves):
-      i = index[_path_str(leaf_path)]
-      assert i in held_set
-      s = slots[i]
-      if s.count is None:
-        new_m.append(m_like)
-        new_v.append(v_like)
-      else:
-        new_m.append(_as_moment("m", s.m, m_like, s.where))
-        new_v.append(_as_moment("v", s.v, v_like, s.where))
-    filled = ScaleByNadamState(
-        count=jnp.asarray(count, jnp.int32),
-        mu_product=jnp.asarray(mu_product, jnp.float32),
-        m=jax.tree_util.tree_unflatten(m_def, new_m),
-        v=jax.tree_util.tree_unflatten(jax.tree.structure(node.v), new_v),
-    )
-    state = _replace_at(state, node_path, filled)
+  slots = _named_slots(slots, params)
+  state, counts = _fill_nadam(tx.init(params), params, slots)
   if len(counts) == 1:
-    state = _fill_extras(state, next(iter(counts)), extras, slots)
+    state = _fill_accumulation(state, next(iter(counts)), extras, slots)
+    state = _fill_ema(state, params, extras.ema, slots)
   if check_schedule:
-    _check_schedule(tx, state, params, slots, owners)
+    _check_schedule(tx, state, params, slots)
   if sync_schedules and len(counts) == 1:
-    state = _sync_counters(state, counts.pop())
+    state = _sync_counters(state, next(iter(counts)))
+  if check_hyperparams is None:
+    check_hyperparams = check_schedule
+  if check_hyperparams and hyperparams is not None:
+    check_step(tx, state, params, hyperparams, [s.where for s in slots])
   return state
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-  """A numpy copy; dtypes numpy has no native kind for (bfloat16) become float32."""
-  x = np.array(x)
-  return x if x.dtype in (np.float16, np.float32, np.float64) else x.astype(np.float32)
-
-
-def read_state(state: Any, params: Any) -> List[Tuple[int, float, np.ndarray, np.ndarray]]:
-  """Per params leaf, ``(count, mu_product, m, v)`` (numpy copies) from `state`.
-
-  Args:
-    state: a state of a tx containing scale_by_nadam, for `params`.
-    params: the params tree (fixes the leaf order).
-
-  Returns:
-    One tuple per ``jax.tree.leaves(params)`` entry.
-  """
-  owners = _owners(state, params)
-  nodes = dict(find_nadam_states(state))
-  paths = param_paths(params)
-  index = {p: i for i, p in enumerate(paths)}
-  out: List[Any] = [None] * len(paths)
-  for node_path, _ in owners:
-    node = nodes[node_path]
-    count, mu_product = int(node.count), float(node.mu_product)
-    m_leaves = jax.tree_util.tree_flatten_with_path(node.m)[0]
-    for (leaf_path, m), v in zip(m_leaves, jax.tree.leaves(node.v)):
-      if jnp.iscomplexobj(m):
-        raise ValueError(
-            f"params leaf {_path_str(leaf_path)} is complex; the peers' complex rule "
-            "differs from this optimizer's, so its state cannot be exported."
-        )
-      out[index[_path_str(leaf_path)]] = (count, mu_product, _to_numpy(m), _to_numpy(v))
-  return out
-
-
-def is_torch_tensor(x: Any) -> bool:
-  torch = sys.modules.get("torch")
-  return torch is not None and isinstance(x, torch.Tensor)
-
-
-def to_array(x: Any, where: str) -> np.ndarray:
-  """A private numpy copy of a tensor / array / number (never a view of it)."""
-  if is_torch_tensor(x):
-    import torch
-
-    t = x.detach().to("cpu")
-    if t.is_complex():
-      raise ValueError(
-          f"{where} is complex; torch NAdam treats real and imaginary parts as "
-          "separate coordinates, which is not this optimizer's complex rule."
-      )
-    if t.dtype in (torch.bfloat16,):  # numpy has no bfloat16
-      t = t.to(torch.float32)
-    return np.array(t.numpy(), copy=True)  # .numpy() shares memory with the tensor
-  if isinstance(x, np.ndarray) or isinstance(x, np.generic):
-    return np.array(x, copy=True)
-  if isinstance(x, (int, float)) and not isinstance(x, bool):
-    return np.array(x)
-  raise TypeError(f"{where} is a {type(x).__name__}; expected a tensor, array or number.")
-
-
-def to_scalar(x: Any, where: str) -> float:
-  a = to_array(x, where)
-  if a.size != 1:
-    raise ValueError(f"{where} has shape {a.shape}; expected a scalar.")
-  value = float(a.reshape(()))
-  if not math.isfinite(value):
-    raise ValueError(f"{where} is {value}.")
-  return value

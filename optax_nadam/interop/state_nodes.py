@@ -1,0 +1,114 @@
+"""Where our NAdam state lives inside an optax state, and reading it out (peer-neutral).
+
+A tx may hold several `ScaleByNadamState` nodes (``optax.multi_transform``),
+each holding the moments of some params leaves. `owners` says which node
+holds which leaf (and refuses a tx a peer's one-slot-per-parameter state
+cannot fill); `read_state` copies each leaf's ``(count, mu_product, m, v)``
+out as numpy.
+"""
+
+from typing import Any, Dict, List, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optax_nadam import _tree
+from optax_nadam._tree import path_str
+from optax_nadam.transform import ScaleByNadamState
+
+param_paths = _tree.leaf_paths
+
+
+def find_nadam_states(state: Any) -> List[Tuple[Any, ScaleByNadamState]]:
+  """All `ScaleByNadamState` nodes of an optax state, with their tree paths."""
+  return _tree.find_nodes(state, ScaleByNadamState)
+
+
+def owners(state: Any, params: Any) -> List[Tuple[Any, List[int]]]:
+  """For each nadam node of `state`, the indices of the params leaves it holds.
+
+  Args:
+    state: a state of a tx containing `scale_by_nadam`, for `params`.
+    params: the params tree.
+
+  Returns:
+    ``[(node_path, [leaf index, ...]), ...]`` in tree order.
+
+  Raises:
+    ValueError: unless every params leaf is held by exactly one node (one
+      `scale_by_nadam`, or several on disjoint parts as with
+      ``optax.multi_transform``).
+  """
+  nodes = find_nadam_states(state)
+  if not nodes:
+    raise ValueError(
+        "tx has no scale_by_nadam in its state (no ScaleByNadamState found in "
+        "tx.init(params)). Pass optax_nadam.nadam(...), nadamw(...), keras.Nadam(...) "
+        "or an optax chain containing scale_by_nadam."
+    )
+  index = {p: i for i, p in enumerate(param_paths(params))}
+  owner: Dict[int, str] = {}
+  result = []
+  for node_path, node in nodes:
+    held = []
+    for leaf_path in param_paths(node.m):
+      if leaf_path not in index:
+        raise ValueError(
+            f"The ScaleByNadamState at {path_str(node_path)} holds a moment at {leaf_path}, "
+            "which is not a leaf path of params. Its moments must be shaped like the "
+            "params (not e.g. flattened by optax.flatten)."
+        )
+      i = index[leaf_path]
+      if i in owner:
+        raise ValueError(
+            f"params leaf {leaf_path} is held by two ScaleByNadamStates ({owner[i]} and "
+            f"{path_str(node_path)}); a peer optimizer has one set of slots per "
+            "parameter, so tx must apply scale_by_nadam to it once."
+        )
+      owner[i] = path_str(node_path)
+      held.append(i)
+    result.append((node_path, held))
+  missing = [p for p, i in index.items() if i not in owner]
+  if missing:
+    raise ValueError(
+        f"params leaves {missing[:5]} are not held by any scale_by_nadam in tx; the "
+        "peer's slots for them would be lost."
+    )
+  return result
+
+
+def to_numpy(x: Any) -> np.ndarray:
+  """A numpy copy; dtypes numpy has no native kind for (bfloat16) become float32."""
+  x = np.array(x)
+  return x if x.dtype in (np.float16, np.float32, np.float64) else x.astype(np.float32)
+
+
+def read_state(state: Any, params: Any) -> List[Tuple[int, float, np.ndarray, np.ndarray]]:
+  """Per params leaf, ``(count, mu_product, m, v)`` (numpy copies) from `state`.
+
+  Args:
+    state: a state of a tx containing scale_by_nadam, for `params`.
+    params: the params tree (fixes the leaf order).
+
+  Returns:
+    One tuple per ``jax.tree.leaves(params)`` entry.
+
+  Raises:
+    ValueError: a params leaf is complex (the peers' complex rule differs).
+  """
+  nodes = dict(find_nadam_states(state))
+  index = {p: i for i, p in enumerate(param_paths(params))}
+  out: List[Any] = [None] * len(index)
+  for node_path, _ in owners(state, params):
+    node = nodes[node_path]
+    count, mu_product = int(node.count), float(node.mu_product)
+    for leaf_path, m, v in zip(param_paths(node.m), jax.tree.leaves(node.m),
+                               jax.tree.leaves(node.v)):
+      if jnp.iscomplexobj(m):
+        raise ValueError(
+            f"params leaf {leaf_path} is complex; the peers' complex rule "
+            "differs from this optimizer's, so its state cannot be exported."
+        )
+      out[index[leaf_path]] = (count, mu_product, to_numpy(m), to_numpy(v))
+  return out

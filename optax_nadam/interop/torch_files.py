@@ -1,0 +1,146 @@
+"""Reading what `torch.save` wrote, safely, and finding the model and optimizer in it.
+
+Files are read with ``torch.load(path, map_location="cpu", weights_only=True)``:
+torch's restricted unpickler, which builds tensors, dicts, lists and numbers
+only and refuses any other Python object (it could run code). A checkpoint is
+either the state dict itself or a dict holding it under a conventional key
+(``{"model": ..., "optimizer": ..., "epoch": 3}``); other entries (epoch,
+scheduler, scaler) are ignored.
+"""
+
+import os
+import sys
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from optax_nadam.interop.arrays import to_array
+
+MODEL_KEYS = ("model", "model_state_dict", "state_dict")
+OPTIMIZER_KEYS = ("optimizer", "optim", "optimizer_state_dict")
+
+
+def is_path(x: Any) -> bool:
+  """True for a str or os.PathLike (a file to read), False for an object."""
+  return isinstance(x, (str, os.PathLike))
+
+
+def is_tensor(x: Any) -> bool:
+  """True for a `torch.Tensor` (without importing torch when it is not loaded)."""
+  torch = sys.modules.get("torch")
+  return torch is not None and isinstance(x, torch.Tensor)
+
+
+def to_numpy(x: Any, where: str) -> np.ndarray:
+  """A private numpy copy of a tensor, array or number (bfloat16 becomes float32).
+
+  Args:
+    x: a `torch.Tensor` (any device), numpy array or Python number.
+    where: how to name the value in an error message.
+
+  Returns:
+    A numpy array sharing no memory with `x`.
+
+  Raises:
+    TypeError: not a tensor, array or number.
+    ValueError: a complex tensor (torch's NAdam treats its parts separately).
+  """
+  if not is_tensor(x):
+    return to_array(x, where)
+  import torch
+
+  t = x.detach().to("cpu")
+  if t.is_complex():
+    raise ValueError(
+        f"{where} is complex; torch NAdam treats real and imaginary parts as "
+        "separate coordinates, which is not this optimizer's complex rule."
+    )
+  if t.dtype == torch.bfloat16:  # numpy has no bfloat16
+    t = t.to(torch.float32)
+  return np.array(t.numpy(), copy=True)  # .numpy() shares memory with the tensor
+
+
+def load(path: Any) -> Any:
+  """The object a `torch.save` file holds, read with ``weights_only=True`` on CPU.
+
+  Args:
+    path: a str or os.PathLike.
+
+  Returns:
+    What was saved (dicts, lists, tensors, numbers).
+
+  Raises:
+    FileNotFoundError: no such file (naming it).
+    ValueError: not a torch file, truncated, or refused by ``weights_only``
+      because it holds other Python objects (the reason torch gave is quoted).
+  """
+  import torch
+
+  name = os.fspath(path)
+  if not os.path.exists(name):
+    raise FileNotFoundError(f"torch checkpoint {name!r} does not exist.")
+  if os.path.isdir(name):
+    raise ValueError(f"torch checkpoint {name!r} is a directory; expected a torch.save file.")
+  try:
+    return torch.load(name, map_location="cpu", weights_only=True)
+  except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, KeyError)
+    reason = str(e)
+    if "Weights only load failed" in reason:
+      detail = next((line.strip() for line in reason.splitlines()
+                     if "GLOBAL" in line or "WeightsUnpickler error" in line),
+                    reason.splitlines()[0])
+      raise ValueError(
+          f"{name!r} holds Python objects other than tensors, dicts, lists and numbers, "
+          f"so torch.load(weights_only=True) refused it (unpickling them could run code): "
+          f"{detail} Re-save the state dicts alone, e.g. torch.save({{'model': "
+          "model.state_dict(), 'optimizer': opt.state_dict()}, path); or, if you trust "
+          "the file, load it yourself and pass the dicts."
+      ) from None
+    raise ValueError(
+        f"{name!r} is not a readable torch.save file (another format, or truncated): "
+        f"{type(e).__name__}: {reason.splitlines()[0] if reason else ''}"
+    ) from None
+
+
+def _is_model_dict(x: Any) -> bool:
+  return isinstance(x, Mapping) and bool(x) and all(
+      isinstance(k, str) and (is_tensor(v) or isinstance(v, np.ndarray)) for k, v in x.items())
+
+
+def _is_optimizer_dict(x: Any) -> bool:
+  return isinstance(x, Mapping) and "state" in x and "param_groups" in x
+
+
+def _find(obj: Any, test, key: Optional[str], keys: Sequence[str], what: str,
+          source: str) -> Tuple[Any, str]:
+  """``(value, where)`` of the entry of `obj` that `test` accepts."""
+  if not isinstance(obj, Mapping):
+    raise ValueError(f"{source} holds a {type(obj).__name__}; expected a dict (a {what} or "
+                     "a checkpoint dict holding one).")
+  if key is not None:
+    if key not in obj:
+      raise ValueError(f"{source} has no entry {key!r} (its keys: {sorted(map(str, obj))}).")
+    if not test(obj[key]):
+      raise ValueError(f"{source}[{key!r}] is not a {what}.")
+    return obj[key], f"{source}[{key!r}]"
+  if test(obj):
+    return obj, source
+  for k in keys:
+    if k in obj and test(obj[k]):
+      return obj[k], f"{source}[{k!r}]"
+  raise ValueError(
+      f"{source} holds no {what} at the top level nor under {list(keys)} (its keys: "
+      f"{sorted(map(str, obj))}); pass key= to name the entry."
+  )
+
+
+def model_dict(obj: Any, key: Optional[str], source: str) -> Tuple[Mapping, str]:
+  """The model state dict (name -> tensor, in its order) in a checkpoint, and where."""
+  return _find(obj, _is_model_dict, key, MODEL_KEYS, "model state dict (name -> tensor)",
+               source)
+
+
+def optimizer_dict(obj: Any, key: Optional[str], source: str) -> Tuple[Mapping, str]:
+  """The optimizer state dict (``state`` and ``param_groups``) in a checkpoint, and where."""
+  return _find(obj, _is_optimizer_dict, key, OPTIMIZER_KEYS,
+               "optimizer state dict (with 'state' and 'param_groups')", source)
