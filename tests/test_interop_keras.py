@@ -269,3 +269,32 @@ def test_non_finite_weights_are_refused(tmp_path):
                      r"\[0\]\) holds NaN"):
     interop.params_from_keras(path, _like([(1, 2)]))
   assert os.path.exists(path)
+
+
+HYPER_MISMATCHES = {
+    # file, tx built with one hyperparameter off, the name the message gives
+    "keras3_learning_rate": ("k3.keras", dict(learning_rate=0.02, momentum_decay=1.0),
+                             "learning_rate"),
+    "keras3_weight_decay": ("k3.keras", None, "weight_decay"),
+    "legacy_h5_eps": ("legacy.h5", dict(eps=1e-3), "eps"),
+    "tf_checkpoint_b2": ("legacy_ckpt", dict(b2=0.99), "b2"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(HYPER_MISMATCHES))
+def test_hyperparameter_mismatch_is_refused_unless_opted_out(files, case):
+  name, change, field = HYPER_MISMATCHES[case]
+  path = files / name
+  if change is None:  # decoupled weight decay the peer (weight_decay=None) does not have
+    tx = optax_nadam.nadamw(LR, eps=1e-7, momentum_decay=1.0, weight_decay=0.05)
+  else:
+    tx = optax_nadam.nadam(**{**dict(learning_rate=LR, eps=1e-7, momentum_decay=0.004),
+                              **change})
+  shapes = K3_SHAPES if name == "k3.keras" else LEGACY_SHAPES
+  params = interop.params_from_keras(path, _like(shapes))
+  with pytest.raises(ValueError, match=rf"{name}: Keras variable 0 .*{field} differs .*"
+                     "The tx that continues the peer's run: .*check_hyperparams=False"):
+    interop.state_from_keras(path, tx, params)
+  state = interop.state_from_keras(path, tx, params, check_hyperparams=False)
+  assert int(jax.tree.leaves(state)[0]) >= 1

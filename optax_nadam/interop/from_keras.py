@@ -22,6 +22,7 @@ from optax_nadam.interop.build import (
   read_state,
   to_scalar,
 )
+from optax_nadam.interop.hyper import PeerHyperparams
 from optax_nadam.interop.keras_live import (
   keras_kind,
   legacy_slot_vars,
@@ -76,6 +77,7 @@ def _file_state(kf, tx, params, layout, **kwargs) -> optax.OptState:
   real = kf.count * (int(kf.config.get("gradient_accumulation_steps") or 0) or 1) + kf.mini_step
   hyper = keras_hyper.hyperparams(kf.kind, kf.config, real, kf.path,
                                   complete="epsilon" in kf.config)
+  kwargs["hyperparams"] = [PeerHyperparams(**hyper)] * len(paths)
   slots = []
   for i, leaf in enumerate(paths):
     where = f"{kf.path}: Keras variable {i} ({kf.names[i]})"
@@ -96,6 +98,7 @@ def state_from_keras(
     layout: Optional[Layout] = None,
     sync_schedules: bool = True,
     check_schedule: bool = True,
+    check_hyperparams: Optional[bool] = None,
 ) -> optax.OptState:
   """Builds ``tx.init(params)`` filled with the state of a Keras Nadam.
 
@@ -139,6 +142,13 @@ def state_from_keras(
       ``inject_hyperparams`` in tx's state to the imported count.
     check_schedule: verify that tx's next momentum coefficient equals the
       optimizer's (beta_1 and psi) with one probe update on zeros.
+    check_hyperparams: verify tx's whole next step against the optimizer's
+      config (`optax_nadam.interop.hyper.check_step`): learning rate (or its
+      schedule at the imported step), beta_2, epsilon, weight decay (Keras 3:
+      decoupled) and clipping (``clipnorm`` per variable, ``clipvalue``,
+      ``global_clipnorm``). A TF checkpoint does not store epsilon (taken as
+      tf-keras's default 1e-7) or clipping (not checked). None: as
+      `check_schedule`; False allows a deliberate change (a new learning rate).
 
   Returns:
     A state with the structure of ``tx.init(params)``.
@@ -150,10 +160,12 @@ def state_from_keras(
       optimizer's state; wrong number of variables, a shape / dtype / value
       that does not fit, a variable in `var_list` the optimizer does not know,
       Keras 3 gradient accumulators that are not empty, or a momentum schedule
-      that differs from tx's. The message names the file, the variable and the
-      params leaf.
+      that differs from tx's, or a hyperparameter that differs (named, with
+      both values and the tx that matches). The message names the file, the
+      variable and the params leaf.
   """
-  kwargs = dict(sync_schedules=sync_schedules, check_schedule=check_schedule)
+  kwargs = dict(sync_schedules=sync_schedules, check_schedule=check_schedule,
+                check_hyperparams=check_hyperparams)
   if _is_path(source):
     if var_list is not None:
       raise TypeError("var_list matches live variables; a file's variables come in its order.")
@@ -167,8 +179,9 @@ def state_from_keras(
   count = int(to_scalar(value(optimizer.iterations), "optimizer.iterations"))
   if count < 0:
     raise ValueError(f"optimizer.iterations is {count}; a step count is >= 0.")
+  config = optimizer.get_config()
+  real = count
   if kind == "legacy":
-    config = optimizer.get_config()
     b1, psi = float(config["beta_1"]), float(config["decay"])  # legacy stores psi as decay
     cache = getattr(optimizer, "_m_cache", None)
     built = cache is not None
@@ -181,6 +194,10 @@ def state_from_keras(
     mu_product = to_scalar(value(optimizer._u_product), "optimizer u_product") if built else 1.0
     pairs = v3_slot_vars(optimizer, n, var_list) if built else None
     extras = v3_extras(optimizer, n, var_list, count) if built else PeerExtras()
+    k = int(config.get("gradient_accumulation_steps") or 0)
+    real = count * k + extras.mini_step if k else count
+  hyper = keras_hyper.hyperparams(kind, config, real, "the Keras optimizer")
+  kwargs["hyperparams"] = [PeerHyperparams(**hyper)] * n
   slots = []
   for i in range(n):
     if pairs is None:
