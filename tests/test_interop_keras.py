@@ -20,6 +20,7 @@ import pytest
 
 import optax_nadam
 from optax_nadam.interop import from_keras as interop  # params_from_keras, state_from_keras
+from optax_nadam.interop import keras_files
 from tests import _subproc
 
 TOL = 1e-5
@@ -142,6 +143,11 @@ def test_keras3_batch_norm_moving_statistics_are_not_params(files):
   params = interop.params_from_keras(files / "k3_bn.keras", like)
   for ours, theirs in zip(params, _weights(files / "k3_bn_saved.npz"), strict=True):
     np.testing.assert_array_equal(ours, theirs)
+  names = keras_files.read(files / "k3_bn.keras").names
+  assert names == ["layers/dense/vars/0 (kernel)", "layers/dense/vars/1 (bias)",
+                   "layers/batch_normalization/vars/0 (gamma)",
+                   "layers/batch_normalization/vars/1 (beta)",
+                   "layers/dense_1/vars/0 (kernel)", "layers/dense_1/vars/1 (bias)"]
   state = interop.state_from_keras(files / "k3_bn.keras", optax_nadam.nadam(
       LR, eps=1e-7, momentum_decay=1.0), params)
   assert int(state[0].count) == 1
@@ -162,7 +168,7 @@ def test_layout_is_applied_to_weights_and_moments(files):
   for a, b, ma, mb in zip(params, plain, state[0].m, plain_state[0].m, strict=True):
     np.testing.assert_array_equal(a, np.asarray(b).T)
     np.testing.assert_array_equal(ma, np.asarray(mb).T)
-  with pytest.raises(ValueError, match=r"k3.keras: Keras variable 'layers/dense/vars/0' "
+  with pytest.raises(ValueError, match=r"k3.keras: Keras variable 'layers/dense/vars/0 \(kernel\)' "
                      r"\(params leaf \[0\]\) has shape \(4, 3\).*\(after layout\)"):
     interop.params_from_keras(files / "k3.keras", _like(K3_SHAPES), layout=transpose_kernels)
 

@@ -62,6 +62,27 @@ _NOT_MODEL = ("optimizer", "compile_metrics", "compile_loss", "metrics", "loss",
               "_compile_metrics", "_loss_tracker")
 
 
+# Names of the saved variables of common built-in layers (for messages).
+_VARIABLE_NAMES = {c: ("kernel", "bias") for c in (
+    "Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
+    "Conv3DTranspose", "DepthwiseConv2D")}
+_VARIABLE_NAMES["Embedding"] = ("embeddings",)
+
+
+def _variable_names(cfg: Optional[Dict[str, Any]], n: int) -> List[str]:
+  """``vars/<i>`` and, for a known built-in layer, the variable's name (``vars/0 (kernel)``)."""
+  cls = cfg.get("class_name") if isinstance(cfg, dict) else None
+  c = cfg.get("config", {}) if isinstance(cfg, dict) else {}
+  names: Tuple[str, ...] = _VARIABLE_NAMES.get(cls, ())
+  if cls in ("BatchNormalization", "LayerNormalization"):
+    names = (("gamma",) if c.get("scale", True) else ()) + (
+        ("beta",) if c.get("center", True) else ()) + (
+        ("moving_mean", "moving_variance") if cls == "BatchNormalization" else ())
+  if len(names) != n:
+    names = ()
+  return [f"{i} ({names[i]})" if names else str(i) for i in range(n)]
+
+
 # Built-in layers whose last saved variables are not trainable (moving statistics).
 _NON_TRAINABLE_TAIL = {"BatchNormalization": 2}
 
@@ -84,7 +105,8 @@ def _walk(group: Any, path: str, cfg: Optional[Dict[str, Any]], units: List[Any]
     own = group["vars"]
     dss = [own[k] for k in sorted(own, key=int)]
     k = None if fixed is None else (max(len(dss) + fixed, 0) if fixed < 0 else fixed)
-    units.append((f"{path}/vars" if path else "vars", k, dss))
+    units.append((f"{path}/vars" if path else "vars", k, list(zip(_variable_names(cfg, len(dss)),
+                                                                  dss))))
   if "layers" in group:
     for name, entry in _children_in_order(group["layers"], cfg):
       _walk(group["layers"][name], f"{path}/layers/{name}".lstrip("/"), entry, units)
@@ -110,7 +132,7 @@ def _line_up(units: List[Any], shapes: List[Tuple[int, ...]], path: str) -> List
   def choices(u: int, s: int) -> List[int]:  # numbers of units[u]'s variables that match
     _, fixed, dss = units[u]
     k = 0
-    while k < len(dss) and s + k < n and tuple(dss[k].shape) == shapes[s + k]:
+    while k < len(dss) and s + k < n and tuple(dss[k][1].shape) == shapes[s + k]:
       k += 1
     return list(range(k + 1)) if fixed is None else [fixed] if fixed <= k else []
 
@@ -122,14 +144,14 @@ def _line_up(units: List[Any], shapes: List[Tuple[int, ...]], path: str) -> List
     return ways[(u, s)]
 
   if not fits(0, 0):
-    listing = [(p, [tuple(d.shape) for d in dss]) for p, _, dss in units]
+    listing = [(p, [tuple(d.shape) for _, d in dss]) for p, _, dss in units]
     raise FileFormatError(
         f"{path}: the layers' saved variables {listing} cannot be lined up with the "
         f"optimizer's {n} slot shapes {shapes}.")
   out, s = [], 0
   for u, (upath, _, dss) in enumerate(units):
     k = max(k for k in choices(u, s) if fits(u + 1, s + k))
-    out.extend((f"{upath}/{i}", dss[i]) for i in range(k))
+    out.extend((f"{upath}/{name}", d) for name, d in dss[:k])
     s += k
   return out
 
@@ -189,8 +211,8 @@ def _keras3_from_h5(path: str, config: Dict[str, Any], h5: Any) -> KerasFile:
   if not opt_vars or opt_name is None or opt_name.lower() != "nadam":
     # Without a Nadam's slots to line up with, the config's hints decide; another
     # optimizer's state is refused by the caller, by name.
-    picked = [(f"{p}/{i}", d) for p, fixed, dss in units
-              for i, d in enumerate(dss[:len(dss) if fixed is None else fixed])]
+    picked = [(f"{p}/{name}", d) for p, fixed, dss in units
+              for name, d in dss[:len(dss) if fixed is None else fixed]]
     return KerasFile(path, "v3", opt_name, opt_cfg, [p for p, _ in picked],
                      [array(d) for _, d in picked])
   lr_var = not isinstance(opt_cfg.get("learning_rate"), dict)
