@@ -149,3 +149,11 @@ def test_worked_example_torch_mlp_checkpoint_continued_with_nnx_optimizer(tmp_pa
     scale = max([scale] + [float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(theirs)])
   print(f"\nNNX continuation of a torch MLP checkpoint: gap {diff / scale:.2e} after 20 steps")
   assert diff / scale <= TOL
+
+
+def test_matching_by_name_needs_the_models_names(tmp_path):
+  path, run, mid, _ = saved(tmp_path)  # the optimizer state dict alone: no names
+  with pytest.raises(ValueError, match=r"matches by name, but torch checkpoint .*ckpt\.pt' comes "
+                     "without the model's state dict"):
+    interop.state_from_torch(path, optax_nadam.nadam(LR, eps=1e-8), mid,
+                             layout=interop.torch_to_flax)

@@ -28,9 +28,10 @@ numpy arrays and numbers only.
 """
 
 from optax_nadam.interop.from_keras import state_from_keras, state_to_keras
-from optax_nadam.interop.from_torch import params_from_torch, state_from_torch, state_to_torch
+from optax_nadam.interop.from_torch import state_from_torch, state_to_torch
 from optax_nadam.interop.hyper import PeerHyperparams
 from optax_nadam.interop.layout import TorchToFlax, torch_linear_to_flax, torch_to_flax
+from optax_nadam.interop.torch_params import params_from_torch
 
 __all__ = ["PeerHyperparams", "TorchToFlax", "params_from_torch", "state_from_keras",
            "state_from_torch", "state_to_keras", "state_to_torch", "torch_linear_to_flax",

@@ -126,9 +126,9 @@ def _fit(gap_of, lo: float, hi: float, zero: bool = True) -> float:
   """The x in [lo, hi] (log scale, or 0 if `zero`) that minimizes ``gap_of(x)``."""
   grid = [0.0 if zero else lo / 2] + list(np.geomspace(lo, hi, 29))
   k = int(np.argmin([gap_of(x) for x in grid]))
-  a, b = np.log(grid[max(k - 1, 1)]), np.log(grid[min(k + 1, len(grid) - 1)])
   if k == 0:
     return grid[0]
+  a, b = np.log(grid[max(k - 1, 1)]), np.log(grid[min(k + 1, len(grid) - 1)])
   for _ in range(30):  # golden-section search between the grid neighbours
     c, d = b - 0.618 * (b - a), a + 0.618 * (b - a)
     if gap_of(np.exp(c)) < gap_of(np.exp(d)):
@@ -152,34 +152,45 @@ def _candidates(h: PeerHyperparams, leaf: Any, inputs, actual, i: int):
     new = h._replace(weight_decay=wd, decoupled_weight_decay=decoupled)
     if decoupled == h.decoupled_weight_decay:
       yield "weight_decay", h.weight_decay, wd, new
-    else:
+    elif wd > 0:  # no weight decay is the same either way: named above
       yield "decoupled_weight_decay", h.decoupled_weight_decay, decoupled, new
-  b2 = 1.0 - _fit(lambda x: gap(h._replace(b2=1.0 - x)), 1e-6, 0.5, zero=False)
+  # On small-gradient probes b2 acts almost as a scale, like the learning rate:
+  # fit it over the values peers use only, and expect both to be named then.
+  b2 = 1.0 - _fit(lambda x: gap(h._replace(b2=1.0 - x)), 1e-4, 0.5, zero=False)
   yield "b2", h.b2, b2, h._replace(b2=b2)
 
 
 def diagnose(hypers: Sequence[PeerHyperparams], leaves: Sequence[Any], inputs, actual,
-             i: int, where: str) -> str:
-  """The error message for leaf i: which hyperparameter differs, both values, the fix."""
+             i: int, where: str, rtol: float = RTOL) -> str:
+  """The error message for leaf i: which hyperparameter differs, both values, the fix.
+
+  A hyperparameter is named only if changing it alone makes the peer's step
+  tx's (to 10 `rtol`); otherwise the message says no single one explains it.
+  """
   h = hypers[i]
   per_probe = gaps([peer_step(hypers, leaves, g, p) for _, g, p in inputs], actual, i)
   probe = inputs[int(np.argmax(per_probe))][0]
   fix = (f"The tx that continues the peer's run: {matching_tx(h)}. If the change is "
          "deliberate (e.g. a new learning rate after resuming), pass check_hyperparams=False.")
-  if probe == _CLIP_PROBE and sorted(per_probe)[-2] <= RTOL:
+  if probe == _CLIP_PROBE and sorted(per_probe)[-2] <= rtol:
     clips = {k: getattr(h, k) for k in ("clipnorm", "clipvalue", "global_clipnorm")}
     return (f"{where}: tx's next step is not the peer's: clipping differs (the peer clips "
             f"gradients with {clips}; tx does not clip a large gradient the same way). {fix}")
   # The per-leaf fits below cannot model a global norm clip: leave the clip probe out.
   inputs, actual = zip(*[(x, a) for x, a in zip(inputs, actual) if x[0] != _CLIP_PROBE])
   base = _leaf_gap(h, leaves[i], inputs, actual, i)
-  best = min(_candidates(h, leaves[i], inputs, actual, i),
-             key=lambda c: _leaf_gap(c[3], leaves[i], inputs, actual, i))
-  if _leaf_gap(best[3], leaves[i], inputs, actual, i) <= max(10 * RTOL, 0.01 * base):
-    field, theirs, ours, _ = best
+  fits = sorted(((_leaf_gap(c[3], leaves[i], inputs, actual, i), c) for c in
+                 _candidates(h, leaves[i], inputs, actual, i)), key=lambda x: x[0])
+  # Name what fits about as well as the best (b2 and the learning rate are
+  # nearly interchangeable on small-gradient probes): both are then named.
+  named = [c for g, c in fits if g <= min(10 * rtol, 3 * fits[0][0] + RTOL)]
+  if named:
     fmt = lambda x: f"{x:.4g}" if isinstance(x, float) else str(x)  # noqa: E731
-    return (f"{where}: tx's next step is not the peer's: {field} differs (the peer has "
-            f"{field}={fmt(theirs)}, tx steps as with {field}={fmt(ours)}). {fix}")
+    fields = " or ".join(c[0] for c in named)
+    theirs = ", ".join(f"{c[0]}={fmt(c[1])}" for c in named)
+    ours = " or ".join(f"{c[0]}={fmt(c[2])}" for c in named)
+    return (f"{where}: tx's next step is not the peer's: {fields} differs (the peer has "
+            f"{theirs}, tx steps as with {ours}). {fix}")
   return (f"{where}: tx's next step is not the peer's (it differs by {base:.2g} of the "
           f"step's scale on the probe {probe!r}) and no single hyperparameter explains it. "
           f"The peer's hyperparameters: {h}. {fix}")
@@ -220,4 +231,4 @@ def check_step(tx, state: Any, params: Any, hypers: Sequence[PeerHyperparams],
     rtol = max(RTOL, 8 * float(jnp.finfo(v.dtype).eps)) if jnp.issubdtype(
         v.dtype, jnp.floating) else RTOL
     if max(gaps(expected, actual, i)) > rtol:
-      raise ValueError(diagnose(hypers, leaves, inputs, actual, i, where[i]))
+      raise ValueError(diagnose(hypers, leaves, inputs, actual, i, where[i], rtol))
