@@ -16,6 +16,7 @@ Runs in its own process so that the custom layer class below (defined in this
   schedule, weight_decay=0.01, use_ema=True, gradient_accumulation_steps=3),
   saved one call into an accumulation cycle; ``k3_ema_after.npz`` and
   ``k3_ema_average.npz`` hold the weights and EMA averages 20 steps later.
+- ``k3_unbuilt.keras``: compiled with Nadam(0.01), saved before any step.
 - ``k3_adam.keras``: the first model's architecture trained with Keras 3 Adam.
 - ``legacy.h5`` and ``legacy_ckpt/ckpt-1``: tf-keras ``Dense(4, tanh) -> Dense(2)``
   with ``tf_keras.optimizers.legacy.Nadam(0.01)`` after ``fit``, saved with
@@ -92,6 +93,11 @@ def keras3_files():
     ema.train_on_batch(X, Y)
   save_weights("k3_ema_after.npz", ema.trainable_variables)
   save_weights("k3_ema_average.npz", ema.optimizer._model_variables_moving_average)
+
+  unbuilt = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
+                              keras.layers.Dense(2)])
+  unbuilt.compile(keras.optimizers.Nadam(learning_rate=0.01), "mse")
+  unbuilt.save(path("k3_unbuilt.keras"))
 
   adam = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
                            keras.layers.Dense(2)])

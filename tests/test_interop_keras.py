@@ -128,6 +128,17 @@ def test_keras3_file_mid_accumulation_with_ema_schedule_and_weight_decay(files):
 
 
 @pytest.mark.slow
+def test_keras3_file_saved_before_the_first_step_gives_a_fresh_state(files):
+  path = files / "k3_unbuilt.keras"
+  tx = optax_nadam.nadam(LR, eps=1e-7, momentum_decay=1.0)
+  params = interop.params_from_keras(path, _like(LEGACY_SHAPES))
+  state = interop.state_from_keras(path, tx, params)
+  jax.tree.map(np.testing.assert_array_equal, state, tx.init(params))
+  with pytest.raises(ValueError, match="learning_rate"):  # the config is still checked
+    interop.state_from_keras(path, optax_nadam.nadam(0.02, momentum_decay=1.0), params)
+
+
+@pytest.mark.slow
 def test_custom_layer_class_is_not_importable_here(files):
   # The archive names a class only the writer process had: Keras cannot load it,
   # the reader above never needed it.

@@ -66,10 +66,11 @@ def _not_nadam(kf: keras_files.KerasFile) -> ValueError:
 
 def _file_state(kf, tx, params, layout, **kwargs) -> optax.OptState:
   """`state_from_keras` for a file read by `keras_files.read`."""
-  if kf.m is None:
+  fresh = kf.m is None and kf.count == 0  # a Nadam saved before its first step: no slots
+  if kf.m is None and not fresh:
     raise _not_nadam(kf)
   paths = param_paths(params)
-  if len(kf.m) != len(paths):
+  if not fresh and len(kf.m) != len(paths):
     raise ValueError(
         f"{kf.path} holds Nadam slots for {len(kf.m)} variables ({kf.names[:5]}) but params "
         f"has {len(paths)} leaves ({paths[:5]}); they are matched one to one in the file's "
@@ -80,12 +81,15 @@ def _file_state(kf, tx, params, layout, **kwargs) -> optax.OptState:
   kwargs["hyperparams"] = [PeerHyperparams(**hyper)] * len(paths)
   slots = []
   for i, leaf in enumerate(paths):
-    where = f"{kf.path}: Keras variable {i} ({kf.names[i]})"
+    where = f"{kf.path}: Keras variable {i} ({kf.names[i] if i < len(kf.names) else '?'})"
+    if fresh:
+      slots.append(PeerSlot(where, None, None, None, None, hyper["b1"], hyper["psi"]))
+      continue
     slots.append(PeerSlot(where, kf.count, kf.mu_product, _laid_out(layout, leaf, kf.m[i], where),
                           _laid_out(layout, leaf, kf.v[i], where), hyper["b1"], hyper["psi"]))
   each = lambda xs: None if xs is None else [  # noqa: E731
       _laid_out(layout, leaf, x, s.where) for leaf, x, s in zip(paths, xs, slots)]
-  extras = PeerExtras(kf.mini_step, each(kf.accumulators), each(kf.ema))
+  extras = PeerExtras(kf.mini_step, each(kf.accumulators), each(kf.ema)) if not fresh else None
   return build_state(tx, params, slots, extras=extras, **kwargs)
 
 

@@ -208,14 +208,15 @@ def _keras3_from_h5(path: str, config: Dict[str, Any], h5: Any) -> KerasFile:
   if "optimizer" in h5 and "vars" in h5["optimizer"]:
     group = h5["optimizer"]["vars"]
     opt_vars = [group[k] for k in sorted(group, key=int)]
-  if not opt_vars or opt_name is None or opt_name.lower() != "nadam":
+  lr_var = not isinstance(opt_cfg.get("learning_rate"), dict)
+  unbuilt = len(opt_vars) == 1 + lr_var  # compiled, saved before the first step: no slots
+  if not opt_vars or unbuilt or opt_name is None or opt_name.lower() != "nadam":
     # Without a Nadam's slots to line up with, the config's hints decide; another
     # optimizer's state is refused by the caller, by name.
     picked = [(f"{p}/{name}", d) for p, fixed, dss in units
               for name, d in dss[:len(dss) if fixed is None else fixed]]
     return KerasFile(path, "v3", opt_name, opt_cfg, [p for p, _ in picked],
-                     [array(d) for _, d in picked])
-  lr_var = not isinstance(opt_cfg.get("learning_rate"), dict)
+                     [array(d) for _, d in picked], count=0 if unbuilt else None)
   ema = bool(opt_cfg.get("use_ema"))
   k = int(opt_cfg.get("gradient_accumulation_steps") or 0)
   fixed, per = 2 + lr_var, 2 + ema + (k > 0)
