@@ -5,7 +5,7 @@ Sources are live optimizers / models, or files read as plain data by
 """
 
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,7 @@ from optax_nadam.interop.build import (
   to_scalar,
 )
 from optax_nadam.interop.hyper import PeerHyperparams
+from optax_nadam.interop.keras_file_state import Layout, file_state, laid_out, not_nadam
 from optax_nadam.interop.keras_live import (
   keras_kind,
   legacy_slot_vars,
@@ -33,64 +34,9 @@ from optax_nadam.interop.keras_live import (
   var_name,
 )
 
-Layout = Callable[[str, np.ndarray], Any]
-
 
 def _is_path(source: Any) -> bool:
   return isinstance(source, (str, bytes, os.PathLike))
-
-
-def _laid_out(layout: Optional[Layout], leaf: str, x: np.ndarray, where: str) -> np.ndarray:
-  """``layout(leaf, x)`` as a numpy array (x itself without a layout)."""
-  if layout is None:
-    return x
-  try:
-    return np.asarray(layout(leaf, x))
-  except Exception as e:
-    raise ValueError(f"{where}: layout({leaf!r}, array of shape {x.shape}) failed: {e}") from e
-
-
-def _not_nadam(kf: keras_files.KerasFile) -> ValueError:
-  if kf.optimizer is None:
-    return ValueError(
-        f"{kf.path} holds no optimizer state (saved without the optimizer, or never "
-        "compiled); params_from_keras still reads its weights.")
-  name = kf.optimizer.split(".")[-1]
-  detail = (" Adam keeps m and v but no momentum cache / u-product (the product of Nadam's "
-            "momentum schedule), so Nadam's trajectory cannot be continued from it."
-            if "adam" in name.lower() and "nadam" not in name.lower() else "")
-  return ValueError(
-      f"{kf.path} holds the state of a {kf.optimizer} optimizer, not a Keras Nadam "
-      f"(tf_keras.optimizers.legacy.Nadam, keras.optimizers.Nadam).{detail}")
-
-
-def _file_state(kf, tx, params, layout, **kwargs) -> optax.OptState:
-  """`state_from_keras` for a file read by `keras_files.read`."""
-  fresh = kf.m is None and kf.count == 0  # a Nadam saved before its first step: no slots
-  if kf.m is None and not fresh:
-    raise _not_nadam(kf)
-  paths = param_paths(params)
-  if not fresh and len(kf.m) != len(paths):
-    raise ValueError(
-        f"{kf.path} holds Nadam slots for {len(kf.m)} variables ({kf.names[:5]}) but params "
-        f"has {len(paths)} leaves ({paths[:5]}); they are matched one to one in the file's "
-        "order.")
-  real = kf.count * (int(kf.config.get("gradient_accumulation_steps") or 0) or 1) + kf.mini_step
-  hyper = keras_hyper.hyperparams(kf.kind, kf.config, real, kf.path,
-                                  complete="epsilon" in kf.config)
-  kwargs["hyperparams"] = [PeerHyperparams(**hyper)] * len(paths)
-  slots = []
-  for i, leaf in enumerate(paths):
-    where = f"{kf.path}: Keras variable {i} ({kf.names[i] if i < len(kf.names) else '?'})"
-    if fresh:
-      slots.append(PeerSlot(where, None, None, None, None, hyper["b1"], hyper["psi"]))
-      continue
-    slots.append(PeerSlot(where, kf.count, kf.mu_product, _laid_out(layout, leaf, kf.m[i], where),
-                          _laid_out(layout, leaf, kf.v[i], where), hyper["b1"], hyper["psi"]))
-  each = lambda xs: None if xs is None else [  # noqa: E731
-      _laid_out(layout, leaf, x, s.where) for leaf, x, s in zip(paths, xs, slots)]
-  extras = PeerExtras(kf.mini_step, each(kf.accumulators), each(kf.ema)) if not fresh else None
-  return build_state(tx, params, slots, extras=extras, **kwargs)
 
 
 def state_from_keras(
@@ -173,7 +119,7 @@ def state_from_keras(
   if _is_path(source):
     if var_list is not None:
       raise TypeError("var_list matches live variables; a file's variables come in its order.")
-    return _file_state(keras_files.read(source), tx, params, layout, **kwargs)
+    return file_state(keras_files.read(source), tx, params, layout, **kwargs)
   optimizer = source
   kind = keras_kind(optimizer)
   paths = param_paths(params)
@@ -210,13 +156,13 @@ def state_from_keras(
     m, v = pairs[i]
     name = var_name(var_list[i]) if var_list is not None else var_name(m)
     where = f"Keras variable {i} ({name})"
-    slots.append(PeerSlot(where, count, mu_product, _laid_out(layout, paths[i], value(m), where),
-                          _laid_out(layout, paths[i], value(v), where), b1, psi))
+    slots.append(PeerSlot(where, count, mu_product, laid_out(layout, paths[i], value(m), where),
+                          laid_out(layout, paths[i], value(v), where), b1, psi))
   if not built and count:
     raise ValueError(f"optimizer.iterations is {count} but the optimizer has no slots.")
   if layout is not None and (extras.ema is not None or extras.accumulators is not None):
     each = lambda xs: None if xs is None else [  # noqa: E731
-        _laid_out(layout, p, x, s.where) for p, x, s in zip(paths, xs, slots)]
+        laid_out(layout, p, x, s.where) for p, x, s in zip(paths, xs, slots)]
     extras = extras._replace(accumulators=each(extras.accumulators), ema=each(extras.ema))
   return build_state(tx, params, slots, extras=extras, **kwargs)
 
@@ -265,7 +211,7 @@ def params_from_keras(source: Any, like: optax.Params, *,
   out = []
   for name, x, leaf, path in zip(names, arrays, leaves, paths):
     where = f"{file}: Keras variable {name!r} (params leaf {path})"
-    x = _laid_out(layout, path, x, where)
+    x = laid_out(layout, path, x, where)
     if tuple(x.shape) != tuple(leaf.shape):
       raise ValueError(f"{where} has shape {tuple(x.shape)}; the params leaf has "
                        f"{tuple(leaf.shape)}{' (after layout)' if layout else ''}.")
@@ -302,7 +248,7 @@ def optimizer_config_from_keras(source: Any) -> dict:
     return dict(source.get_config())
   kf = keras_files.read(source)
   if kf.optimizer is None:
-    raise _not_nadam(kf)
+    raise not_nadam(kf)
   return dict(kf.config)
 
 
