@@ -1,10 +1,19 @@
-"""Keras Nadam (tf-keras legacy, Keras 3) <-> optax_nadam state (see `optax_nadam.interop`)."""
+"""Keras Nadam (tf-keras legacy, Keras 3) <-> optax_nadam state and params.
 
-from typing import Any, List, Optional, Sequence
+Sources are live optimizers / models, or files read as plain data by
+`optax_nadam.interop.keras_files` (``.keras``, tf-keras ``.h5``, TF checkpoints).
+"""
 
+import os
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_nadam import _tree
+from optax_nadam.interop import keras_files, keras_hyper
 from optax_nadam.interop.build import (
   PeerExtras,
   PeerSlot,
@@ -13,131 +22,56 @@ from optax_nadam.interop.build import (
   read_state,
   to_scalar,
 )
+from optax_nadam.interop.hyper import PeerHyperparams
+from optax_nadam.interop.keras_file_state import Layout, file_state, laid_out, not_nadam
+from optax_nadam.interop.keras_live import (
+  keras_kind,
+  legacy_slot_vars,
+  live_weights,
+  v3_extras,
+  v3_slot_vars,
+  value,
+  var_name,
+)
 
 
-def _mro_names(obj: Any) -> List[str]:
-  return [f"{c.__module__}.{c.__qualname__}" for c in type(obj).__mro__]
-
-
-def _keras_kind(optimizer: Any) -> str:
-  """'legacy' (tf-keras legacy Nadam) or 'v3' (Keras 3 / tf_keras.optimizers.Nadam)."""
-  names = _mro_names(optimizer)
-  if not any(n.rsplit(".", 1)[-1] == "Nadam" for n in names):
-    raise TypeError(
-        f"optimizer is a {type(optimizer).__name__}; state_from_keras reads a Keras Nadam "
-        "(tf_keras.optimizers.legacy.Nadam, keras.optimizers.Nadam)."
-    )
-  if any(".legacy." in n for n in names) or hasattr(optimizer, "_m_cache"):
-    return "legacy"
-  return "v3"
-
-
-def _value(variable: Any) -> np.ndarray:
-  """A numpy copy of a tf / Keras variable's value."""
-  if hasattr(variable, "numpy"):
-    return np.array(variable.numpy(), copy=True)
-  return np.array(variable, copy=True)
-
-
-def _var_name(var: Any) -> str:
-  return str(getattr(var, "path", None) or getattr(var, "name", None) or "?")
-
-
-def _legacy_slot_vars(optimizer: Any, n: int, var_list: Optional[Sequence[Any]]):
-  """(m, v) slot variables of a tf-keras legacy Nadam, one pair per variable."""
-  if var_list is not None:
-    pairs = []
-    for i, var in enumerate(var_list):
-      try:
-        pairs.append((optimizer.get_slot(var, "m"), optimizer.get_slot(var, "v")))
-      except KeyError:
-        raise ValueError(
-            f"Keras variable {i} ({_var_name(var)}) has no slots in this optimizer; was it "
-            "in the var_list the optimizer was applied to?"
-        ) from None
-    return pairs
-  weights = optimizer.weights
-  if len(weights) != 2 + 2 * n:
-    raise ValueError(
-        f"The tf-keras legacy Nadam holds {len(weights)} weights (iterations, momentum "
-        f"cache, then m and v per variable = {(len(weights) - 2) / 2:g} variables) but "
-        f"params has {n} leaves. Pass var_list to match variables explicitly."
-    )
-  ms, vs = weights[2:2 + n], weights[2 + n:]
-  for i, (m, v) in enumerate(zip(ms, vs)):
-    m_name, v_name = _var_name(m).split(":")[0], _var_name(v).split(":")[0]
-    if not (m_name.endswith("/m") and v_name.endswith("/v") and m_name[:-2] == v_name[:-2]):
-      raise ValueError(
-          f"The legacy Nadam's weights are not in [iterations, cache, m..., v...] order at "
-          f"variable {i} ({m_name!r} / {v_name!r}). Pass var_list to match explicitly."
-      )
-  return list(zip(ms, vs))
-
-
-def _v3_slot_vars(optimizer: Any, n: int, var_list: Optional[Sequence[Any]]):
-  """(momentum, velocity) variables of a Keras 3 / tf_keras Nadam per variable."""
-  ms, vs = list(optimizer._momentums), list(optimizer._velocities)
-  if var_list is None:
-    if len(ms) != n:
-      raise ValueError(
-          f"The Keras Nadam was built on {len(ms)} variables but params has {n} leaves. "
-          "Pass var_list to match variables explicitly."
-      )
-    return list(zip(ms, vs))
-  index = [_v3_index(optimizer, var, i) for i, var in enumerate(var_list)]
-  return [(ms[k], vs[k]) for k in index]
-
-
-def _v3_index(optimizer: Any, var: Any, i: int) -> int:
-  """Position of model variable `var` in a built Keras 3 / tf_keras optimizer."""
-  try:
-    if hasattr(optimizer, "_get_variable_index"):
-      return optimizer._get_variable_index(var)
-    return optimizer._index_dict[optimizer._var_key(var)]
-  except (KeyError, AttributeError):
-    raise ValueError(
-        f"Keras variable {i} ({_var_name(var)}) is not one the optimizer was built on."
-    ) from None
-
-
-def _v3_extras(optimizer: Any, n: int, var_list, count: int) -> PeerExtras:
-  """Gradient accumulation and EMA state of a Keras 3 optimizer, per variable."""
-  k = getattr(optimizer, "gradient_accumulation_steps", None) or 1
-  raw = getattr(optimizer, "_iterations", None)
-  real = int(to_scalar(_value(raw), "optimizer._iterations")) if k > 1 and raw is not None else (
-      count)
-  index = list(range(n)) if var_list is None else [_v3_index(optimizer, v, i)
-                                                   for i, v in enumerate(var_list)]
-  acc = getattr(optimizer, "_accumulated_gradients", None) or None
-  ema = getattr(optimizer, "_model_variables_moving_average", None) if getattr(
-      optimizer, "use_ema", False) else None
-  return PeerExtras(
-      mini_step=real % k,
-      accumulators=[_value(acc[j]) for j in index] if acc else None,
-      ema=[_value(ema[j]) for j in index] if ema else None,
-  )
+def _is_path(source: Any) -> bool:
+  return isinstance(source, (str, bytes, os.PathLike))
 
 
 def state_from_keras(
-    optimizer: Any,
+    source: Any,
     tx: optax.GradientTransformation,
     params: optax.Params,
-    *,
     var_list: Optional[Sequence[Any]] = None,
+    *,
+    layout: Optional[Layout] = None,
     sync_schedules: bool = True,
     check_schedule: bool = True,
+    check_hyperparams: Optional[bool] = None,
 ) -> optax.OptState:
   """Builds ``tx.init(params)`` filled with the state of a Keras Nadam.
 
   Reads a tf-keras legacy `tf_keras.optimizers.legacy.Nadam` (iterations,
   momentum cache = mu-product, slots ``m`` and ``v``), a Keras 3
   `keras.optimizers.Nadam` or a `tf_keras.optimizers.Nadam` (iterations,
-  u-product, ``momentum`` and ``velocity`` variables).
+  u-product, ``momentum`` and ``velocity`` variables), live or from a file:
+  a Keras 3 ``.keras`` archive (``model.save``), a tf-keras ``.h5`` model
+  with a legacy Nadam (``model.save('x.h5')``), or a TF checkpoint of a
+  tf-keras model and legacy Nadam (a prefix, a directory with a
+  ``checkpoint`` file, or a SavedModel directory). Files are read as data
+  (`optax_nadam.interop.keras_files`): the model's code, custom layers
+  included, is never needed or run.
 
-  Variables are matched to ``jax.tree.leaves(params)`` one to one: by the order
-  the optimizer created its slots in (its first ``apply_gradients`` / ``build``),
-  or, explicitly, by `var_list`: the model variables in the order of the params
-  leaves (e.g. ``model.trainable_variables``), looked up in the optimizer.
+  Variables are matched to ``jax.tree.leaves(params)`` one to one: for a live
+  optimizer by the order it created its slots in (its first
+  ``apply_gradients`` / ``build``) or, explicitly, by `var_list` (the model
+  variables in the order of the params leaves, e.g.
+  ``model.trainable_variables``); for a file by the file's order of the
+  trainable variables, which is the optimizer's (``.keras``: the layers in
+  ``model.layers`` order, nested models depth first, each layer's variables
+  in creation order; ``.h5``: the ``optimizer_weights`` order; TF checkpoint:
+  the object graph's order), as `params_from_keras` reads them.
 
   Keras 3's Nadam has the momentum schedule ``0.96 ** t``, i.e.
   ``momentum_decay=1.0``: build tx with ``nadam(..., momentum_decay=1.0)`` (or
@@ -145,60 +79,177 @@ def state_from_keras(
   raises otherwise. tf-keras legacy uses its ``schedule_decay`` (0.004).
 
   Args:
-    optimizer: the Keras Nadam (after training; an unbuilt one gives a fresh state).
+    source: the Keras Nadam (after training; an unbuilt one gives a fresh
+      state), or the path of a file holding one.
     tx: the optax transformation to continue with (see `state_from_torch`).
     params: the params tree.
-    var_list: optional model variables, ``var_list[i]`` being the peer of
-      ``jax.tree.leaves(params)[i]``.
+    var_list: live optimizers only: model variables, ``var_list[i]`` being
+      the peer of ``jax.tree.leaves(params)[i]``.
+    layout: optional ``(params_leaf_path, array) -> array`` applied to every
+      moment (and EMA average / accumulated gradient) before matching; the
+      path is ``jax.tree_util.keystr`` of the leaf, e.g. ``"['dense']['kernel']"``.
     sync_schedules: also set the step count of learning-rate schedules and
       ``inject_hyperparams`` in tx's state to the imported count.
     check_schedule: verify that tx's next momentum coefficient equals the
       optimizer's (beta_1 and psi) with one probe update on zeros.
+    check_hyperparams: verify tx's whole next step against the optimizer's
+      config (`optax_nadam.interop.hyper.check_step`): learning rate (or its
+      schedule at the imported step), beta_2, epsilon, weight decay (Keras 3:
+      decoupled) and clipping (``clipnorm`` per variable, ``clipvalue``,
+      ``global_clipnorm``). A TF checkpoint does not store epsilon (taken as
+      tf-keras's default 1e-7) or clipping (not checked). None: as
+      `check_schedule`; False allows a deliberate change (a new learning rate).
 
   Returns:
     A state with the structure of ``tx.init(params)``.
 
   Raises:
-    TypeError: not a Keras Nadam.
-    ValueError: wrong number of variables, a shape / dtype / value that does
-      not fit, a variable in `var_list` the optimizer does not know, Keras 3
-      gradient accumulators that are not empty, or a momentum schedule that
-      differs from tx's. The message names the variable and the params leaf.
+    FileNotFoundError: no file at `source`.
+    TypeError: not a Keras Nadam, or `var_list` with a file.
+    ValueError: a file of another format, truncated or holding another
+      optimizer's state; wrong number of variables, a shape / dtype / value
+      that does not fit, a variable in `var_list` the optimizer does not know,
+      Keras 3 gradient accumulators that are not empty, or a momentum schedule
+      that differs from tx's, or a hyperparameter that differs (named, with
+      both values and the tx that matches). The message names the file, the
+      variable and the params leaf.
   """
-  kind = _keras_kind(optimizer)
-  n = len(param_paths(params))
+  kwargs = dict(sync_schedules=sync_schedules, check_schedule=check_schedule,
+                check_hyperparams=check_hyperparams)
+  if _is_path(source):
+    if var_list is not None:
+      raise TypeError("var_list matches live variables; a file's variables come in its order.")
+    return file_state(keras_files.read(source), tx, params, layout, **kwargs)
+  optimizer = source
+  kind = keras_kind(optimizer)
+  paths = param_paths(params)
+  n = len(paths)
   if var_list is not None and len(var_list) != n:
     raise ValueError(f"var_list has {len(var_list)} variables but params has {n} leaves.")
-  count = int(to_scalar(_value(optimizer.iterations), "optimizer.iterations"))
+  count = int(to_scalar(value(optimizer.iterations), "optimizer.iterations"))
   if count < 0:
     raise ValueError(f"optimizer.iterations is {count}; a step count is >= 0.")
+  config = optimizer.get_config()
+  real = count
   if kind == "legacy":
-    config = optimizer.get_config()
     b1, psi = float(config["beta_1"]), float(config["decay"])  # legacy stores psi as decay
     cache = getattr(optimizer, "_m_cache", None)
     built = cache is not None
-    mu_product = to_scalar(_value(cache), "optimizer momentum_cache") if built else 1.0
-    pairs = _legacy_slot_vars(optimizer, n, var_list) if built else None
+    mu_product = to_scalar(value(cache), "optimizer momentum_cache") if built else 1.0
+    pairs = legacy_slot_vars(optimizer, n, var_list) if built else None
     extras = PeerExtras()
   else:
     b1, psi = float(optimizer.beta_1), 1.0
     built = getattr(optimizer, "_u_product", None) is not None
-    mu_product = to_scalar(_value(optimizer._u_product), "optimizer u_product") if built else 1.0
-    pairs = _v3_slot_vars(optimizer, n, var_list) if built else None
-    extras = _v3_extras(optimizer, n, var_list, count) if built else PeerExtras()
+    mu_product = to_scalar(value(optimizer._u_product), "optimizer u_product") if built else 1.0
+    pairs = v3_slot_vars(optimizer, n, var_list) if built else None
+    extras = v3_extras(optimizer, n, var_list, count) if built else PeerExtras()
+    k = int(config.get("gradient_accumulation_steps") or 0)
+    real = count * k + extras.mini_step if k else count
+  hyper = keras_hyper.hyperparams(kind, config, real, "the Keras optimizer")
+  kwargs["hyperparams"] = [PeerHyperparams(**hyper)] * n
   slots = []
   for i in range(n):
     if pairs is None:
       slots.append(PeerSlot(f"Keras variable {i}", None, None, None, None, b1, psi))
       continue
     m, v = pairs[i]
-    name = _var_name(var_list[i]) if var_list is not None else _var_name(m)
+    name = var_name(var_list[i]) if var_list is not None else var_name(m)
     where = f"Keras variable {i} ({name})"
-    slots.append(PeerSlot(where, count, mu_product, _value(m), _value(v), b1, psi))
+    slots.append(PeerSlot(where, count, mu_product, laid_out(layout, paths[i], value(m), where),
+                          laid_out(layout, paths[i], value(v), where), b1, psi))
   if not built and count:
     raise ValueError(f"optimizer.iterations is {count} but the optimizer has no slots.")
-  return build_state(tx, params, slots, sync_schedules=sync_schedules,
-                     check_schedule=check_schedule, extras=extras)
+  if layout is not None and (extras.ema is not None or extras.accumulators is not None):
+    each = lambda xs: None if xs is None else [  # noqa: E731
+        laid_out(layout, p, x, s.where) for p, x, s in zip(paths, xs, slots)]
+    extras = extras._replace(accumulators=each(extras.accumulators), ema=each(extras.ema))
+  return build_state(tx, params, slots, extras=extras, **kwargs)
+
+
+def params_from_keras(source: Any, like: optax.Params, *,
+                      layout: Optional[Layout] = None) -> optax.Params:
+  """The trainable weights of a Keras model or file, as a params tree shaped like `like`.
+
+  Files are read as data (see `state_from_keras`; custom layer classes need
+  not be importable). The i-th trainable variable, in the file's order (the
+  order the optimizer holds its slots in; a file saved without an optimizer
+  gives every saved variable of the layers not marked ``trainable: false``),
+  becomes ``jax.tree.leaves(like)[i]``. For a live model that order is
+  ``model.trainable_variables``.
+
+  Args:
+    source: a path (``.keras``, tf-keras ``.h5``, TF checkpoint prefix or
+      directory), a Keras model, or a list of Keras / tf variables.
+    like: a params tree (arrays or ``jax.ShapeDtypeStruct``) giving the
+      structure, shapes and dtypes.
+    layout: optional ``(params_leaf_path, array) -> array`` applied to every
+      weight before matching (a Keras ``Dense`` kernel is already ``(in, out)``
+      like Flax's; convolution kernels may need a transpose).
+
+  Returns:
+    A tree like `like` of jax arrays (placed with `like`'s shardings).
+
+  Raises:
+    FileNotFoundError: no file at `source`.
+    ValueError: another format, a truncated file, a number of weights, shape,
+      dtype or non-finite value that does not fit; the message names the
+      file, the variable and the params leaf path.
+  """
+  if _is_path(source):
+    kf = keras_files.read(source)
+    file, names, arrays = kf.path, kf.names, kf.weights
+  else:
+    file, names, arrays = live_weights(source)
+  leaves, treedef = jax.tree.flatten(like)
+  paths = _tree.leaf_paths(like)
+  if len(arrays) != len(leaves):
+    raise ValueError(
+        f"{file} holds {len(arrays)} trainable weights ({names[:5]}"
+        f"{' ...' if len(names) > 5 else ''}) but like has {len(leaves)} leaves ({paths[:5]}"
+        f"{' ...' if len(paths) > 5 else ''}); they are matched one to one in order.")
+  out = []
+  for name, x, leaf, path in zip(names, arrays, leaves, paths):
+    where = f"{file}: Keras variable {name!r} (params leaf {path})"
+    x = laid_out(layout, path, x, where)
+    if tuple(x.shape) != tuple(leaf.shape):
+      raise ValueError(f"{where} has shape {tuple(x.shape)}; the params leaf has "
+                       f"{tuple(leaf.shape)}{' (after layout)' if layout else ''}.")
+    if np.dtype(x.dtype) != np.dtype(leaf.dtype):
+      raise ValueError(f"{where} has dtype {x.dtype}; the params leaf has {leaf.dtype}.")
+    if not np.all(np.isfinite(x)):
+      raise ValueError(f"{where} holds NaN or Inf.")
+    sharding = getattr(leaf, "sharding", None)
+    x = np.array(x, copy=True)
+    out.append(jax.device_put(x, sharding) if sharding is not None else jnp.asarray(x))
+  return jax.tree.unflatten(treedef, out)
+
+
+def optimizer_config_from_keras(source: Any) -> dict:
+  """The saved optimizer's config (``get_config()`` as stored), to build tx like the peer.
+
+  E.g. ``optax_nadam.keras.Nadam.from_config(optimizer_config_from_keras('m.keras'))``
+  is the Keras front with the peer's hyperparameters (Keras 3 configs map to
+  ``schedule_decay=1.0``). A TF checkpoint stores only ``learning_rate``,
+  ``beta_1``, ``beta_2`` and ``decay`` (epsilon and clipping are not saved).
+
+  Args:
+    source: a path (``.keras``, tf-keras ``.h5``, TF checkpoint) or a live
+      Keras optimizer.
+
+  Returns:
+    A dict of plain values.
+
+  Raises:
+    FileNotFoundError: no file at `source`.
+    ValueError: another format, a damaged file, or no optimizer saved.
+  """
+  if not _is_path(source):
+    return dict(source.get_config())
+  kf = keras_files.read(source)
+  if kf.optimizer is None:
+    raise not_nadam(kf)
+  return dict(kf.config)
 
 
 def state_to_keras(
@@ -230,7 +281,7 @@ def state_to_keras(
     ValueError: variable count or a shape differs (named), or the optimizer
       has no slots and no var_list was given.
   """
-  kind = _keras_kind(optimizer)
+  kind = keras_kind(optimizer)
   values = read_state(state, params)
   paths = param_paths(params)
   n = len(values)
@@ -241,7 +292,7 @@ def state_to_keras(
       optimizer._create_all_weights(list(var_list))
     if getattr(optimizer, "_m_cache", None) is None:
       raise ValueError("The legacy Nadam has no slots yet: pass var_list to create them.")
-    pairs = _legacy_slot_vars(optimizer, n, var_list)
+    pairs = legacy_slot_vars(optimizer, n, var_list)
     product_var = optimizer._m_cache
   else:
     if hasattr(optimizer, "_u_product_counter"):
@@ -252,7 +303,7 @@ def state_to_keras(
       optimizer.build(list(var_list))
     if getattr(optimizer, "_u_product", None) is None:
       raise ValueError("The Keras Nadam is not built: pass var_list to build it.")
-    pairs = _v3_slot_vars(optimizer, n, var_list)
+    pairs = v3_slot_vars(optimizer, n, var_list)
     product_var = optimizer._u_product
   counts = {c for c, _, _, _ in values}
   if len(counts) != 1:
@@ -261,10 +312,10 @@ def state_to_keras(
   for i, ((m_var, v_var), (_, _, m, v)) in enumerate(zip(pairs, values)):
     if tuple(m_var.shape) != m.shape:
       raise ValueError(
-          f"Keras variable {i} ({_var_name(m_var)}) has shape {tuple(m_var.shape)} but params "
+          f"Keras variable {i} ({var_name(m_var)}) has shape {tuple(m_var.shape)} but params "
           f"leaf {paths[i]} has {m.shape}."
       )
-    m_var.assign(m.astype(np.dtype(_value(m_var).dtype)))
-    v_var.assign(v.astype(np.dtype(_value(v_var).dtype)))
+    m_var.assign(m.astype(np.dtype(value(m_var).dtype)))
+    v_var.assign(v.astype(np.dtype(value(v_var).dtype)))
   optimizer.iterations.assign(counts.pop())
   product_var.assign(np.float32(mu_products.pop()))

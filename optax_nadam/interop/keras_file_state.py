@@ -1,0 +1,71 @@
+"""A Keras / TF file's Nadam state as our optimizer state (private to `from_keras`).
+
+`file_state` turns a `keras_files.KerasFile` into `PeerSlot`s (moments in the
+params' layout), `PeerExtras` (Keras 3 accumulation, EMA) and the peer's
+hyperparameters, and hands them to `build_state`; `not_nadam` says why a file
+holds no Nadam state.
+"""
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+import optax
+
+from optax_nadam.interop import keras_files, keras_hyper
+from optax_nadam.interop.build import PeerExtras, PeerSlot, build_state, param_paths
+from optax_nadam.interop.hyper import PeerHyperparams
+
+Layout = Callable[[str, np.ndarray], Any]
+
+
+def laid_out(layout: Optional[Layout], leaf: str, x: np.ndarray, where: str) -> np.ndarray:
+  """``layout(leaf, x)`` as a numpy array (x itself without a layout)."""
+  if layout is None:
+    return x
+  try:
+    return np.asarray(layout(leaf, x))
+  except Exception as e:
+    raise ValueError(f"{where}: layout({leaf!r}, array of shape {x.shape}) failed: {e}") from e
+
+
+def not_nadam(kf: keras_files.KerasFile) -> ValueError:
+  if kf.optimizer is None:
+    return ValueError(
+        f"{kf.path} holds no optimizer state (saved without the optimizer, or never "
+        "compiled); params_from_keras still reads its weights.")
+  name = kf.optimizer.split(".")[-1]
+  detail = (" Adam keeps m and v but no momentum cache / u-product (the product of Nadam's "
+            "momentum schedule), so Nadam's trajectory cannot be continued from it."
+            if "adam" in name.lower() and "nadam" not in name.lower() else "")
+  return ValueError(
+      f"{kf.path} holds the state of a {kf.optimizer} optimizer, not a Keras Nadam "
+      f"(tf_keras.optimizers.legacy.Nadam, keras.optimizers.Nadam).{detail}")
+
+
+def file_state(kf, tx, params, layout, **kwargs) -> optax.OptState:
+  """`state_from_keras` for a file read by `keras_files.read`: slots, extras, hyperparameters."""
+  fresh = kf.m is None and kf.count == 0  # a Nadam saved before its first step: no slots
+  if kf.m is None and not fresh:
+    raise not_nadam(kf)
+  paths = param_paths(params)
+  if not fresh and len(kf.m) != len(paths):
+    raise ValueError(
+        f"{kf.path} holds Nadam slots for {len(kf.m)} variables ({kf.names[:5]}) but params "
+        f"has {len(paths)} leaves ({paths[:5]}); they are matched one to one in the file's "
+        "order.")
+  real = kf.count * (int(kf.config.get("gradient_accumulation_steps") or 0) or 1) + kf.mini_step
+  hyper = keras_hyper.hyperparams(kf.kind, kf.config, real, kf.path,
+                                  complete="epsilon" in kf.config)
+  kwargs["hyperparams"] = [PeerHyperparams(**hyper)] * len(paths)
+  slots = []
+  for i, leaf in enumerate(paths):
+    where = f"{kf.path}: Keras variable {i} ({kf.names[i] if i < len(kf.names) else '?'})"
+    if fresh:
+      slots.append(PeerSlot(where, None, None, None, None, hyper["b1"], hyper["psi"]))
+      continue
+    slots.append(PeerSlot(where, kf.count, kf.mu_product, laid_out(layout, leaf, kf.m[i], where),
+                          laid_out(layout, leaf, kf.v[i], where), hyper["b1"], hyper["psi"]))
+  each = lambda xs: None if xs is None else [  # noqa: E731
+      laid_out(layout, leaf, x, s.where) for leaf, x, s in zip(paths, xs, slots)]
+  extras = PeerExtras(kf.mini_step, each(kf.accumulators), each(kf.ema)) if not fresh else None
+  return build_state(tx, params, slots, extras=extras, **kwargs)

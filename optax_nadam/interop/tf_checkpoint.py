@@ -1,0 +1,133 @@
+"""Read a tf-keras legacy Nadam and its model from a TF checkpoint, without the model's code.
+
+A checkpoint written by ``tf.train.Checkpoint(model=model, optimizer=opt).save(prefix)``
+(or the ``variables/`` of a SavedModel directory) stores every variable under a
+key derived from the object graph, and the object graph itself
+(``_CHECKPOINTABLE_OBJECT_GRAPH``, a `TrackableObjectGraph` proto). Both are
+read with `tf.train.load_checkpoint`; no object is restored.
+
+The optimizer is the node holding ``m`` / ``v`` slot variables; a legacy Nadam
+also has ``iter`` and ``momentum_cache`` children (a legacy Adam has not). The
+trainable variables are the originals of the ``m`` slots, in the order the
+object graph lists them (breadth-first over the model's attributes, each
+layer's variables in the order it created them). Only the hyperparameters that
+are variables are in a checkpoint: ``learning_rate``, ``beta_1``, ``beta_2``
+and ``decay`` (psi); epsilon and clipping are not.
+"""
+
+import os
+from typing import Any, Dict, List
+
+import numpy as np
+
+from optax_nadam.interop.keras_files import FileFormatError, KerasFile
+
+_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_HYPER = ("learning_rate", "beta_1", "beta_2", "decay", "epsilon")
+
+
+def _prefix(path: str) -> str:
+  """The checkpoint prefix for a prefix, an ``.index`` file or a directory."""
+  if path.endswith(".index"):
+    return path[:-len(".index")]
+  if os.path.isdir(path):
+    saved_model = os.path.join(path, "variables", "variables")
+    if os.path.exists(saved_model + ".index"):
+      return saved_model
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(path)
+    if latest is None:
+      raise FileNotFoundError(
+          f"{path} is a directory without a TF checkpoint (no 'checkpoint' file) or a "
+          "SavedModel (no variables/variables.index).")
+    return latest
+  return path
+
+
+def read(path: str) -> KerasFile:
+  """Reads a TF checkpoint of a tf-keras model and legacy Nadam (module docstring).
+
+  Args:
+    path: a checkpoint prefix, its ``.index`` file, a directory with a
+      ``checkpoint`` file, or a SavedModel directory.
+
+  Returns:
+    A `KerasFile` of kind ``"legacy"``.
+
+  Raises:
+    FileNotFoundError: no checkpoint there.
+    FileFormatError: not a TF checkpoint, a damaged one, or no object graph.
+  """
+  prefix = _prefix(path)
+  if not os.path.exists(prefix + ".index"):
+    raise FileNotFoundError(f"{path}: no TF checkpoint (no {prefix}.index).")
+  import tensorflow as tf
+  from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+  try:
+    reader = tf.train.load_checkpoint(prefix)
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor(_GRAPH_KEY))
+  except (tf.errors.OpError, ValueError, IndexError) as e:
+    raise FileFormatError(
+        f"{path} cannot be read as a TF checkpoint with its object graph ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''}); is it truncated or damaged?") from None
+
+  def value(node_id: int) -> np.ndarray:
+    keys = [a.checkpoint_key for a in graph.nodes[node_id].attributes
+            if a.name == "VARIABLE_VALUE"]
+    if not keys:
+      raise FileFormatError(f"{path}: object graph node {node_id} holds no variable.")
+    try:
+      return np.array(reader.get_tensor(keys[0]), copy=True)
+    except (tf.errors.OpError, IndexError) as e:
+      raise FileFormatError(
+          f"{path}: variable {keys[0]!r} cannot be read ({type(e).__name__}); is the "
+          "checkpoint truncated or damaged?") from None
+
+  def key(node_id: int) -> str:
+    keys = [a.checkpoint_key for a in graph.nodes[node_id].attributes]
+    return keys[0].replace("/.ATTRIBUTES/VARIABLE_VALUE", "") if keys else f"node {node_id}"
+
+  optimizers = [i for i, n in enumerate(graph.nodes) if n.slot_variables]
+  if len(optimizers) > 1:
+    raise FileFormatError(f"{path} holds {len(optimizers)} optimizers; expected one.")
+  if not optimizers:
+    ids = _variables_in_order(graph)
+    return KerasFile(path, "legacy", None, {}, [key(i) for i in ids], [value(i) for i in ids])
+  node = graph.nodes[optimizers[0]]
+  children = {c.local_name: c.node_id for c in node.children}
+  slots: Dict[str, List[Any]] = {}
+  for s in node.slot_variables:
+    slots.setdefault(s.slot_name, []).append(s)
+  config = {h: float(value(children[h])) for h in _HYPER if h in children}
+  first = slots.get("m") or next(iter(slots.values()))
+  originals = [s.original_variable_node_id for s in first]
+  if "momentum_cache" not in children or sorted(slots) != ["m", "v"]:
+    kind = "Adam" if sorted(slots) == ["m", "v"] else f"an optimizer with slots {sorted(slots)}"
+    return KerasFile(path, "legacy", kind, config, [key(i) for i in originals],
+                     [value(i) for i in originals])
+  if [s.original_variable_node_id for s in slots["v"]] != originals:
+    raise FileFormatError(f"{path}: the optimizer's m and v slots are of different variables.")
+  return KerasFile(
+      path, "legacy", "Nadam", config, [key(i) for i in originals],
+      [value(i) for i in originals], count=int(value(children["iter"])),
+      mu_product=float(value(children["momentum_cache"])),
+      m=[value(s.slot_variable_node_id) for s in slots["m"]],
+      v=[value(s.slot_variable_node_id) for s in slots["v"]])
+
+
+def _variables_in_order(graph: Any) -> List[int]:
+  """Variable nodes reachable from the root, breadth-first, skipping ``save_counter``."""
+  seen, order, queue = {0}, [], [0]
+  while queue:
+    i = queue.pop(0)
+    node = graph.nodes[i]
+    if any(a.name == "VARIABLE_VALUE" for a in node.attributes):
+      order.append(i)
+    for c in node.children:
+      if c.node_id not in seen and c.local_name != "save_counter":
+        seen.add(c.node_id)
+        queue.append(c.node_id)
+  return order
