@@ -5,7 +5,10 @@
 legacy `tf_keras.optimizers.legacy.Nadam`, Keras 3 `keras.optimizers.Nadam`)
 and return the state of ``tx.init(params)`` with the step count, the
 mu-product and the moments filled in, so that training continues on the
-peer's trajectory. `params_from_torch` reads the model's weights.
+peer's trajectory. `params_from_torch` and `params_from_keras` read the model's
+weights, also from files: a `torch.save` file, a Keras 3 ``.keras`` archive, a
+tf-keras ``.h5`` model or a TF checkpoint, read as data (the model's code is
+never imported).
 `state_to_torch` and `state_to_keras` go the other way.
 
 Matching is by position (the peer's i-th variable is
@@ -27,12 +30,18 @@ Nothing is evaluated or unpickled: files are read with
 numpy arrays and numbers only.
 """
 
-from optax_nadam.interop.from_keras import state_from_keras, state_to_keras
+from optax_nadam.interop.from_keras import (
+    optimizer_config_from_keras,
+    params_from_keras,
+    state_from_keras,
+    state_to_keras,
+)
 from optax_nadam.interop.from_torch import state_from_torch, state_to_torch
 from optax_nadam.interop.hyper import PeerHyperparams
 from optax_nadam.interop.layout import TorchToFlax, torch_linear_to_flax, torch_to_flax
 from optax_nadam.interop.torch_params import params_from_torch
 
-__all__ = ["PeerHyperparams", "TorchToFlax", "params_from_torch", "state_from_keras",
+__all__ = ["PeerHyperparams", "TorchToFlax", "optimizer_config_from_keras", "params_from_keras",
+           "params_from_torch", "state_from_keras",
            "state_from_torch", "state_to_keras", "state_to_torch", "torch_linear_to_flax",
            "torch_to_flax"]
