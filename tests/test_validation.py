@@ -21,6 +21,8 @@ from optax_nadam import _validation
 from optax_nadam.keras import Nadam
 from optax_nadam.keras import schedules as keras_schedules
 
+pytestmark = pytest.mark.core  # runs at the dependency floors too (.ci/run-floors)
+
 HOSTILE = [math.inf, math.nan, 1e308, 1e39, 2**63, 2**31, -0.0, 1e-45, True, "0.1"]
 STEPS = 3
 PARAMS = {"w": jnp.array([0.5, -1.0, 2.0], jnp.float32)}
