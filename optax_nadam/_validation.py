@@ -106,12 +106,21 @@ def _scalar_value(name: str, value: Any, kind: str) -> Optional[float]:
     raise TypeError(f"{name} must be {kind}, not a bool; got {value!r}.")
   if hasattr(value, "dtype") and hasattr(value, "shape"):  # jax/numpy arrays and scalars
     dtype = value.dtype
-    if not (jax.numpy.issubdtype(dtype, jax.numpy.floating)
+    # optax.inject_hyperparams casts hyperparameters to the first params leaf's dtype, so a
+    # complex first leaf makes them complex scalars: a zero imaginary part is a real number.
+    is_complex = jax.numpy.issubdtype(dtype, jax.numpy.complexfloating)
+    if not (is_complex or jax.numpy.issubdtype(dtype, jax.numpy.floating)
             or jax.numpy.issubdtype(dtype, jax.numpy.integer)):
       raise TypeError(f"{name} must be {kind}, got an array of dtype {dtype}.")
     if tuple(value.shape) != ():
       raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}.")
-    return None if _is_tracer(value) else float(value)
+    if _is_tracer(value):
+      return None
+    if is_complex:
+      if complex(value).imag != 0:
+        raise TypeError(f"{name} must be {kind}, got the complex value {complex(value)!r}.")
+      return float(complex(value).real)
+    return float(value)
   if isinstance(value, numbers.Real):
     try:
       return float(value)

@@ -200,3 +200,18 @@ def test_inject_hyperparams_still_passes_traced_values():
   state = jax.jit(tx.init)(PARAMS)
   updates, _ = jax.jit(tx.update)(GRADS[0], state, PARAMS)
   assert np.all(np.isfinite(updates["w"]))
+
+
+def test_inject_hyperparams_with_a_complex_first_leaf():
+  # optax.inject_hyperparams casts the hyperparameters to the first leaf's dtype: with a
+  # complex64 first leaf they arrive as complex scalars with a zero imaginary part.
+  params = {"a": jnp.ones(3, jnp.complex64) * (1 + 0.5j), "b": jnp.ones(2, jnp.float32)}
+  grads = jax.tree.map(lambda x: 0.3 * x, params)
+  injected = optax.inject_hyperparams(optax_nadam.nadam)(learning_rate=1e-2)
+  plain = optax_nadam.nadam(1e-2)
+  u_inj, _ = injected.update(grads, injected.init(params), params)
+  u_plain, _ = plain.update(grads, plain.init(params), params)
+  for k in params:
+    np.testing.assert_allclose(u_inj[k], u_plain[k], rtol=1e-6)
+  with pytest.raises(TypeError, match="learning_rate.*complex"):
+    optax_nadam.nadam(learning_rate=jnp.asarray(1e-2 + 1e-3j, jnp.complex64))
