@@ -1,7 +1,7 @@
 """Failure modes made loud or harmless: overflow, non-finite gradients, long runs,
 mismatched input and hyperparameters at the edges of their range.
 
-Each test asserts the policy the README's `reliability` section documents.
+Each test asserts the policy docs/reliability.md documents.
 """
 
 import chex
