@@ -158,11 +158,6 @@ def number(name: str, value: Any, allowed: Range = NON_NEGATIVE, *, plain: bool 
   return value
 
 
-def optional_number(name: str, value: Any, allowed: Range, *, plain: bool = False) -> Any:
-  """`number`, or None for None."""
-  return None if value is None else number(name, value, allowed, plain=plain)
-
-
 def integer(name: str, value: Any, low: int, high: int = INT32_MAX) -> int:
   """Checks an int hyperparameter that sizes the computation (an int32 counter).
 
