@@ -2,7 +2,7 @@
 
     python -m benchmarks.trajectory_gap [--steps 20 200] [--lr 1e-2] [--seeds 1 ... 12]
 
-Feeds a fixed gradient sequence (mixed leaf shapes, `tests/_reference.py::
+Feeds a fixed gradient sequence (mixed leaf shapes, `tests/helpers/reference.py::
 peers_md_problem`, one per seed) to ours and to each peer, and prints, after
 each step count, the distance of the peer's params from ours as a fraction of
 how far ours moved: ||p_peer - p_ours|| / ||p_ours - p_0||, as the median over
@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import optax_nadam  # noqa: E402
-from tests import _reference as ref  # noqa: E402
+from tests.helpers import reference as ref  # noqa: E402
 
 
 def _flat(step):

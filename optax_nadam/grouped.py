@@ -8,7 +8,7 @@ returns 6000 arrays (params, m, v) and that cost, not arithmetic, sets its time.
 keep their own arrays (and their sharding). The arithmetic is the inner
 transformation's, on the same values; XLA:CPU vectorizes one long buffer
 differently from many short leaves, so results agree to float32 rounding (a
-few ulp after 25 steps), not bit for bit (tested in `tests/test_grouped.py`).
+few ulp after 25 steps), not bit for bit (tested in `tests/core/test_grouped.py`).
 
 The packed tree is a `GroupedLeaves` node; `ungroup_state` / `group_state` turn
 a grouped state into the plain per-leaf layout (for `get_slot`-style reading,

@@ -1,0 +1,165 @@
+"""interop.hyper: tx's whole next step is checked against the peer's hyperparameters.
+
+Each case saves a real torch NAdam run, imports it into a tx that differs in
+one hyperparameter, and checks: the import is refused naming that
+hyperparameter, both values and the matching tx; with the check off, the
+continuation really leaves torch's trajectory (the measured gap, printed with
+``pytest -s``); with the matching tx it stays within 1e-5.
+"""
+
+import chex
+import jax
+import numpy as np
+import optax
+import pytest
+import torch
+
+import optax_nadam
+from optax_nadam import interop
+from optax_nadam.interop import hyper
+from optax_nadam.interop.peer_step import PeerHyperparams, peer_step
+from optax_nadam.interop.state_nodes import read_state
+from tests.helpers.torch_runs import LR, TOL, TorchRun, continue_optax, gap, problem, saved
+
+
+def _nadam(**kw):
+  return optax_nadam.nadam(LR, eps=1e-8, **kw)
+
+
+# torch kwargs, the message, the tx that matches torch.
+MISMATCHES = {
+    "lr": (dict(lr=0.1), r"learning_rate differs \(the peer has learning_rate=0\.1, tx steps "
+           r"as with learning_rate=0\.01\)", r"optax_nadam\.nadam\(0\.1,",
+           lambda: optax_nadam.nadam(0.1, eps=1e-8)),
+    "coupled_weight_decay": (
+        dict(weight_decay=0.1), r"weight_decay differs \(the peer has weight_decay=0\.1, tx "
+        r"steps as with weight_decay=0\)", r"optax\.chain\(optax\.add_decayed_weights\(0\.1\), ",
+        lambda: optax.chain(optax.add_decayed_weights(0.1), _nadam())),
+    "decoupled_weight_decay": (
+        dict(weight_decay=0.1, decoupled_weight_decay=True), r"weight_decay differs",
+        r"optax_nadam\.nadamw\(0\.01, .*weight_decay=0\.1\)",
+        lambda: optax_nadam.nadamw(LR, eps=1e-8, weight_decay=0.1)),
+    "eps": (dict(eps=1e-3), r"eps differs \(the peer has eps=0\.001, tx steps as with eps=",
+            r"eps=0\.001", lambda: optax_nadam.nadam(LR, eps=1e-3)),
+    "maximize": (dict(maximize=True), r"maximize differs \(the peer has maximize=True, tx steps "
+                 r"as with maximize=False\)", r"optax\.chain\(optax\.scale\(-1\.0\), ",
+                 lambda: optax.chain(optax.scale(-1.0), _nadam())),
+    # On the probes b2 acts almost as a scale: the learning rate may be named beside it.
+    "b2": (dict(betas=(0.9, 0.99)), r"b2( or learning_rate)? differs \(the peer has b2=0\.99,"
+           r".* tx steps as with b2=0\.999", r"b2=0\.99,", lambda: _nadam(b2=0.99)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISMATCHES))
+def test_a_hyperparameter_mismatch_is_refused_and_named(tmp_path, name):
+  kwargs, message, fix, matching = MISMATCHES[name]
+  path, run, mid, grads = saved(tmp_path, **kwargs)
+  with pytest.raises(ValueError, match=message) as refused:
+    interop.state_from_torch(path, _nadam(), mid)
+  assert "check_hyperparams=False" in str(refused.value)
+  assert refused.match(fix)
+  theirs = run.run(grads)
+  wrong = continue_optax(_nadam(), interop.state_from_torch(
+      path, _nadam(), mid, check_hyperparams=False), mid, grads)
+  measured = gap(wrong, theirs)
+  print(f"\nhyperparameter gap, torch {kwargs} imported into nadam(1e-2, eps=1e-8): "
+        f"{measured:.2e} after {len(grads)} steps")
+  assert measured > 10 * TOL
+  tx = matching()
+  ours = continue_optax(tx, interop.state_from_torch(path, tx, mid), mid, grads)
+  assert gap(ours, theirs) <= TOL
+
+
+def test_the_probe_does_not_change_the_state(tmp_path):
+  path, _, mid, _ = saved(tmp_path, weight_decay=0.1)
+  tx = optax.chain(optax.add_decayed_weights(0.1), _nadam())
+  checked = interop.state_from_torch(path, tx, mid)
+  unchecked = interop.state_from_torch(path, tx, mid, check_hyperparams=False)
+  chex.assert_trees_all_equal(checked, unchecked)
+
+
+def test_check_schedule_false_turns_every_check_off(tmp_path):
+  path, _, mid, _ = saved(tmp_path, lr=0.1, betas=(0.8, 0.999))
+  interop.state_from_torch(path, _nadam(), mid, check_schedule=False)  # as before: no checks
+  with pytest.raises(ValueError, match="learning_rate differs"):
+    interop.state_from_torch(path, _nadam(b1=0.8), mid, check_schedule=False,
+                             check_hyperparams=True)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(weight_decay=0.1), dict(maximize=True),
+                                    dict(weight_decay=0.1, decoupled_weight_decay=True),
+                                    dict(eps=1e-3, lr=0.1)])
+def test_peer_step_is_torchs_next_step(kwargs):
+  params, grads = problem(4)
+  run = TorchRun(params, **kwargs)
+  run.run(grads[:3])
+  before = run.params()
+  sd = run.opt.state_dict()
+  g = sd["param_groups"][0]
+  h = PeerHyperparams(g["lr"], g["betas"][0], g["betas"][1], g["eps"], g["momentum_decay"],
+                      g["weight_decay"], g["decoupled_weight_decay"], g["maximize"])
+  leaves = [(int(s["step"]), float(s["mu_product"]), s["exp_avg"].numpy(),
+             s["exp_avg_sq"].numpy()) for s in sd["state"].values()]
+  expected = peer_step([h] * 4, leaves, grads[3], before)
+  after = run.run(grads[3:])[0]
+  for e, b, a in zip(expected, before, after):
+    np.testing.assert_allclose(b + e, a, rtol=0, atol=1e-6 * np.max(np.abs(a)))
+
+
+def _stepped(tx):
+  """A torch run of 3 steps imported (unchecked) into `tx`: (params, state)."""
+  params, grads = problem(3)
+  run = TorchRun(params)
+  run.run(grads)
+  return run.params(), interop.state_from_torch(run.opt, tx, run.params(),
+                                                check_hyperparams=False)
+
+
+def test_clipping_inside_the_peer_is_probed():
+  h = PeerHyperparams(LR, 0.9, 0.999, 1e-8, 0.004, global_clipnorm=1.0, clips_in_optimizer=True)
+  where = [f"variable {i}" for i in range(4)]
+  mid, state = _stepped(_nadam())
+  with pytest.raises(ValueError, match=r"variable 0: .*clipping differs .*global_clipnorm': 1\.0"
+                     r".*optax\.clip_by_global_norm\(1\)"):
+    hyper.check_step(_nadam(), state, mid, [h] * 4, where)
+  clipped = optax.chain(optax.clip_by_global_norm(1.0), _nadam())
+  mid, state = _stepped(clipped)
+  hyper.check_step(clipped, state, mid, [h] * 4, where)
+  # torch clips outside the optimizer: tx's clipping is the training loop's, not checked.
+  hyper.check_step(clipped, state, mid, [h._replace(clips_in_optimizer=False)] * 4, where)
+
+
+def test_half_precision_params_are_checked_coarsely():
+  params, grads = problem(3)
+  run = TorchRun(params, lr=0.1)
+  run.run(grads)
+  mid = [jax.numpy.asarray(p, jax.numpy.bfloat16) for p in run.params()]
+  interop.state_from_torch(run.opt, optax_nadam.nadam(0.1, eps=1e-8), mid)
+  with pytest.raises(ValueError, match="learning_rate differs"):
+    interop.state_from_torch(run.opt, _nadam(), mid)
+
+
+def test_read_state_matches_what_the_probe_reads():
+  mid, state = _stepped(_nadam())
+  assert [c for c, *_ in read_state(state, mid)] == [3] * 4
+
+
+def test_betas_that_are_not_a_pair_are_a_clear_error():
+  params, grads = problem(2)
+  run = TorchRun(params)
+  run.run(grads)
+  for bad in ([], {}, [0.9]):
+    sd = run.opt.state_dict()
+    sd["param_groups"][0]["betas"] = bad
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['betas'\] is .*a pair"):
+      interop.state_from_torch(sd, _nadam(), run.params())
+  sd = run.opt.state_dict()
+  sd["param_groups"][0]["betas"] = (torch.tensor(0.9), 0.999)  # tensors are read as numbers
+  interop.state_from_torch(sd, _nadam(), run.params())
+
+
+def test_two_differences_are_refused_without_guessing_one(tmp_path):
+  path, _, mid, _ = saved(tmp_path, lr=0.1, maximize=True)
+  with pytest.raises(ValueError, match=r"no single hyperparameter explains it\. The peer's "
+                     r"hyperparameters: PeerHyperparams\(learning_rate=0\.1, .*maximize=True"):
+    interop.state_from_torch(path, _nadam(), mid)

@@ -1,0 +1,140 @@
+"""Writes the Keras / TF files `tests/interop/test_keras_files.py` reads, with the real peers.
+
+Usage: ``_keras_files_writer.py OUT_DIR``
+
+Runs in its own process so that the custom layer class below (defined in this
+``__main__``) is not importable by the reader. In OUT_DIR it writes:
+
+- ``k3.keras``: Keras 3 (jax backend) Sequential ``Dense(4, tanh) -> ScaleShift
+  (custom) -> Dense(2)``, ``keras.optimizers.Nadam(0.01)``, ``model.fit`` 2 epochs
+  of 2 batches, ``model.save``; then 20 ``train_on_batch`` steps on the full
+  batch, weights written to ``k3_after.npz`` (``w0``, ``w1``, ...);
+  ``k3_saved.npz`` holds the trainable weights at save time.
+- ``k3_bn.keras``: Keras 3 ``Dense(4) -> BatchNormalization -> Dense(2)`` after
+  one fit step (weights at save time in ``k3_bn_saved.npz``).
+- ``k3_ema.keras``: ``Dense(4, tanh) -> Dense(2)`` with Nadam(ExponentialDecay
+  schedule, weight_decay=0.01, use_ema=True, gradient_accumulation_steps=3),
+  saved one call into an accumulation cycle; ``k3_ema_after.npz`` and
+  ``k3_ema_average.npz`` hold the weights and EMA averages 20 steps later.
+- ``k3_unbuilt.keras``: compiled with Nadam(0.01), saved before any step.
+- ``k3_adam.keras``: the first model's architecture trained with Keras 3 Adam.
+- ``legacy.h5`` and ``legacy_ckpt/ckpt-1``: tf-keras ``Dense(4, tanh) -> Dense(2)``
+  with ``tf_keras.optimizers.legacy.Nadam(0.01)`` after ``fit``, saved with
+  ``model.save`` and ``tf.train.Checkpoint(model=, optimizer=).save``; then 20
+  ``train_on_batch`` steps, weights in ``legacy_after.npz``.
+- ``legacy_adam.h5`` and ``legacy_adam_ckpt/ckpt-1``: the same with legacy Adam.
+- ``data.npz``: ``x`` (16, 3) and ``y`` (16, 2), float32.
+
+Prints ``RESULT {json}`` with the file names.
+"""
+
+import json
+import os
+import sys
+
+os.environ["KERAS_BACKEND"] = "jax"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+OUT = sys.argv[1]
+STEPS_AFTER = 20
+rng = np.random.RandomState(0)
+X = rng.randn(16, 3).astype(np.float32)
+Y = rng.randn(16, 2).astype(np.float32)
+
+
+def path(name):
+  return os.path.join(OUT, name)
+
+
+def save_weights(name, variables):
+  np.savez(path(name), **{f"w{i}": np.asarray(v.numpy()) for i, v in enumerate(variables)})
+
+
+def keras3_files():
+  import keras
+
+  class ScaleShift(keras.layers.Layer):  # lives only in this process's __main__
+    def build(self, input_shape):
+      self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+      self.shift = self.add_weight(shape=(input_shape[-1],), initializer="zeros")
+
+    def call(self, x):
+      return x * self.scale + self.shift
+
+  keras.utils.set_random_seed(1)
+  model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
+                            ScaleShift(), keras.layers.Dense(2)])
+  model.compile(keras.optimizers.Nadam(learning_rate=0.01), "mse")
+  model.fit(X, Y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+  model.save(path("k3.keras"))
+  save_weights("k3_saved.npz", model.trainable_variables)
+  for _ in range(STEPS_AFTER):
+    model.train_on_batch(X, Y)
+  save_weights("k3_after.npz", model.trainable_variables)
+
+  bn = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4),
+                         keras.layers.BatchNormalization(), keras.layers.Dense(2)])
+  bn.compile(keras.optimizers.Nadam(learning_rate=0.01), "mse")
+  bn.fit(X, Y, batch_size=16, epochs=1, verbose=0)
+  bn.save(path("k3_bn.keras"))
+  save_weights("k3_bn_saved.npz", bn.trainable_variables)
+
+  ema = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
+                          keras.layers.Dense(2)])
+  schedule = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=10, decay_rate=0.9)
+  ema.compile(keras.optimizers.Nadam(learning_rate=schedule, weight_decay=0.01, use_ema=True,
+                                     gradient_accumulation_steps=3), "mse",
+              jit_compile=False)  # jitted fit with use_ema fails in Keras 3.15 (donated buffer)
+  ema.fit(X, Y, batch_size=4, epochs=1, shuffle=False, verbose=0)  # 4 calls: 1 into a cycle
+  ema.save(path("k3_ema.keras"))
+  for _ in range(STEPS_AFTER):
+    ema.train_on_batch(X, Y)
+  save_weights("k3_ema_after.npz", ema.trainable_variables)
+  save_weights("k3_ema_average.npz", ema.optimizer._model_variables_moving_average)
+
+  unbuilt = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
+                              keras.layers.Dense(2)])
+  unbuilt.compile(keras.optimizers.Nadam(learning_rate=0.01), "mse")
+  unbuilt.save(path("k3_unbuilt.keras"))
+
+  adam = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
+                           keras.layers.Dense(2)])
+  adam.compile(keras.optimizers.Adam(learning_rate=0.01), "mse")
+  adam.fit(X, Y, batch_size=16, epochs=1, verbose=0)
+  adam.save(path("k3_adam.keras"))
+
+
+def tf_keras_model(tf_keras, optimizer):
+  tf_keras.utils.set_random_seed(2)
+  model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(4, activation="tanh"),
+                               tf_keras.layers.Dense(2)])
+  model.compile(optimizer, "mse")
+  model.fit(X, Y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+  return model
+
+
+def legacy_files():
+  import tensorflow as tf
+  import tf_keras
+
+  opt = tf_keras.optimizers.legacy.Nadam(learning_rate=0.01)
+  model = tf_keras_model(tf_keras, opt)
+  model.save(path("legacy.h5"))
+  tf.train.Checkpoint(model=model, optimizer=opt).save(path("legacy_ckpt/ckpt"))
+  for _ in range(STEPS_AFTER):
+    model.train_on_batch(X, Y)
+  save_weights("legacy_after.npz", model.trainable_variables)
+
+  adam = tf_keras.optimizers.legacy.Adam(learning_rate=0.01)
+  model = tf_keras_model(tf_keras, adam)
+  model.save(path("legacy_adam.h5"))
+  tf.train.Checkpoint(model=model, optimizer=adam).save(path("legacy_adam_ckpt/ckpt"))
+
+
+if __name__ == "__main__":
+  np.savez(path("data.npz"), x=X, y=Y)
+  keras3_files()
+  legacy_files()
+  print("RESULT " + json.dumps(sorted(os.listdir(OUT))))
