@@ -20,7 +20,7 @@ validated and every error names the variable and the params leaf path.
 
 The import checks tx's whole next step against the peer's hyperparameters
 (learning rate, betas, eps, weight decay, maximize, clipping; see
-`optax_nadam.interop.hyper`) and refuses a mismatch, naming the
+`optax_nadam.interop._check`) and refuses a mismatch, naming the
 hyperparameter, both values and the tx that matches; ``check_hyperparams=False``
 allows a deliberate change. The momentum schedule check (``check_schedule``)
 catches Keras 3's ``momentum_decay=1.0``.
@@ -30,16 +30,15 @@ Nothing is evaluated or unpickled: files are read with
 numpy arrays and numbers only.
 """
 
-from optax_nadam.interop.from_keras import (
+from optax_nadam.interop._check import PeerHyperparams
+from optax_nadam.interop.keras import (
     optimizer_config_from_keras,
     params_from_keras,
     state_from_keras,
     state_to_keras,
 )
-from optax_nadam.interop.from_torch import state_from_torch, state_to_torch
-from optax_nadam.interop.hyper import PeerHyperparams
 from optax_nadam.interop.layout import TorchToFlax, torch_linear_to_flax, torch_to_flax
-from optax_nadam.interop.torch_params import params_from_torch
+from optax_nadam.interop.torch import params_from_torch, state_from_torch, state_to_torch
 
 __all__ = ["PeerHyperparams", "TorchToFlax", "optimizer_config_from_keras", "params_from_keras",
            "params_from_torch", "state_from_keras",

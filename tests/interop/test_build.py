@@ -1,4 +1,4 @@
-"""interop.build: the peer-neutral state builder, one job a function."""
+"""interop._state: the peer-neutral state builder, one job a function."""
 
 from typing import Any, NamedTuple
 
@@ -7,8 +7,8 @@ import optax
 import pytest
 
 import optax_nadam
-from optax_nadam.interop import build
-from optax_nadam.interop.build import PeerExtras, PeerHyperparams, PeerSlot, build_state
+from optax_nadam.interop import _state as build
+from optax_nadam.interop._state import PeerExtras, PeerHyperparams, PeerSlot, build_state
 
 PARAMS = {"a": np.ones((2, 3), np.float32), "b": np.zeros(3, np.float32)}
 

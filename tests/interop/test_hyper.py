@@ -1,4 +1,4 @@
-"""interop.hyper: tx's whole next step is checked against the peer's hyperparameters.
+"""interop._check: tx's whole next step is checked against the peer's hyperparameters.
 
 Each case saves a real torch NAdam run, imports it into a tx that differs in
 one hyperparameter, and checks: the import is refused naming that
@@ -16,9 +16,9 @@ import torch
 
 import optax_nadam
 from optax_nadam import interop
-from optax_nadam.interop import hyper
-from optax_nadam.interop.peer_step import PeerHyperparams, peer_step
-from optax_nadam.interop.state_nodes import read_state
+from optax_nadam.interop import _check as hyper
+from optax_nadam.interop._nodes import read_state
+from optax_nadam.interop._peer_step import PeerHyperparams, peer_step
 from tests.helpers.torch_runs import LR, TOL, TorchRun, continue_optax, gap, problem, saved
 
 

@@ -19,8 +19,8 @@ import optax
 import pytest
 
 import optax_nadam
-from optax_nadam.interop import from_keras as interop  # params_from_keras, state_from_keras
-from optax_nadam.interop import keras_files
+from optax_nadam.interop import _formats as keras_files
+from optax_nadam.interop import keras as interop  # params_from_keras, state_from_keras
 from tests.helpers import subproc as _subproc
 
 TOL = 1e-5

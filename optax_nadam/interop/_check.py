@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_nadam.interop.peer_step import PeerHyperparams, peer_step
-from optax_nadam.interop.state_nodes import find_nadam_states, read_state
+from optax_nadam.interop._nodes import find_nadam_states, read_state
+from optax_nadam.interop._peer_step import PeerHyperparams, peer_step
 
 # tx computes the step in float32 from float32 state: agreement to ~1e-6 of the
 # leaf's step scale. The smallest mismatch the probes must see (the sign of the

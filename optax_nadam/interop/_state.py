@@ -19,9 +19,9 @@ import optax
 
 from optax_nadam import _tree
 from optax_nadam._tree import path_str
-from optax_nadam.interop.arrays import to_array, to_scalar
-from optax_nadam.interop.hyper import PeerHyperparams, check_step
-from optax_nadam.interop.state_nodes import find_nadam_states, owners, param_paths, read_state
+from optax_nadam.interop._arrays import to_array, to_scalar
+from optax_nadam.interop._check import PeerHyperparams, check_step
+from optax_nadam.interop._nodes import find_nadam_states, owners, param_paths, read_state
 from optax_nadam.transform import ScaleByNadamState, momentum_coefficient
 
 __all__ = ["PeerExtras", "PeerHyperparams", "PeerSlot", "build_state", "find_nadam_states",
@@ -284,7 +284,7 @@ def build_state(
     extras: Keras 3 accumulation / EMA state to fill in where tx has a place.
     hyperparams: one `PeerHyperparams` per params leaf, or None (not known).
     check_hyperparams: probe tx's whole next step against `hyperparams`
-      (`optax_nadam.interop.hyper.check_step`); None means `check_schedule`.
+      (`optax_nadam.interop._check.check_step`); None means `check_schedule`.
 
   Returns:
     The filled state.

@@ -20,7 +20,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from optax_nadam.interop.keras_files import FileFormatError, KerasFile
+from optax_nadam.interop._formats._types import FileFormatError, KerasFile
 
 _GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _HYPER = ("learning_rate", "beta_1", "beta_2", "decay", "epsilon")

@@ -44,7 +44,7 @@ def learning_rate_at(value: Any, real_steps: int, where: str) -> float:
 
 def hyperparams(kind: str, config: Dict[str, Any], real_steps: int, where: str,
                 complete: bool = True) -> Dict[str, Any]:
-  """The fields of `optax_nadam.interop.hyper.PeerHyperparams` for a Keras Nadam.
+  """The fields of `optax_nadam.interop._check.PeerHyperparams` for a Keras Nadam.
 
   Args:
     kind: ``"v3"`` (Keras 3 / tf_keras.optimizers.Nadam) or ``"legacy"``.

@@ -1,7 +1,7 @@
 """Keras Nadam (tf-keras legacy, Keras 3) <-> optax_nadam state and params.
 
 Sources are live optimizers / models, or files read as plain data by
-`optax_nadam.interop.keras_files` (``.keras``, tf-keras ``.h5``, TF checkpoints).
+`optax_nadam.interop._formats` (``.keras``, tf-keras ``.h5``, TF checkpoints).
 """
 
 import os
@@ -13,18 +13,11 @@ import numpy as np
 import optax
 
 from optax_nadam import _tree
-from optax_nadam.interop import keras_files, keras_hyper
-from optax_nadam.interop.build import (
-  PeerExtras,
-  PeerSlot,
-  build_state,
-  param_paths,
-  read_state,
-  to_scalar,
-)
-from optax_nadam.interop.hyper import PeerHyperparams
-from optax_nadam.interop.keras_file_state import Layout, file_state, laid_out, not_nadam
-from optax_nadam.interop.keras_live import (
+from optax_nadam.interop import _formats
+from optax_nadam.interop._check import PeerHyperparams
+from optax_nadam.interop._keras import hyper as keras_hyper
+from optax_nadam.interop._keras.file_state import Layout, file_state, laid_out, not_nadam
+from optax_nadam.interop._keras.live import (
   keras_kind,
   legacy_slot_vars,
   live_weights,
@@ -32,6 +25,14 @@ from optax_nadam.interop.keras_live import (
   v3_slot_vars,
   value,
   var_name,
+)
+from optax_nadam.interop._state import (
+  PeerExtras,
+  PeerSlot,
+  build_state,
+  param_paths,
+  read_state,
+  to_scalar,
 )
 
 
@@ -60,7 +61,7 @@ def state_from_keras(
   with a legacy Nadam (``model.save('x.h5')``), or a TF checkpoint of a
   tf-keras model and legacy Nadam (a prefix, a directory with a
   ``checkpoint`` file, or a SavedModel directory). Files are read as data
-  (`optax_nadam.interop.keras_files`): the model's code, custom layers
+  (`optax_nadam.interop._formats`): the model's code, custom layers
   included, is never needed or run.
 
   Variables are matched to ``jax.tree.leaves(params)`` one to one: for a live
@@ -93,7 +94,7 @@ def state_from_keras(
     check_schedule: verify that tx's next momentum coefficient equals the
       optimizer's (beta_1 and psi) with one probe update on zeros.
     check_hyperparams: verify tx's whole next step against the optimizer's
-      config (`optax_nadam.interop.hyper.check_step`): learning rate (or its
+      config (`optax_nadam.interop._check.check_step`): learning rate (or its
       schedule at the imported step), beta_2, epsilon, weight decay (Keras 3:
       decoupled) and clipping (``clipnorm`` per variable, ``clipvalue``,
       ``global_clipnorm``). A TF checkpoint does not store epsilon (taken as
@@ -119,7 +120,7 @@ def state_from_keras(
   if _is_path(source):
     if var_list is not None:
       raise TypeError("var_list matches live variables; a file's variables come in its order.")
-    return file_state(keras_files.read(source), tx, params, layout, **kwargs)
+    return file_state(_formats.read(source), tx, params, layout, **kwargs)
   optimizer = source
   kind = keras_kind(optimizer)
   paths = param_paths(params)
@@ -197,7 +198,7 @@ def params_from_keras(source: Any, like: optax.Params, *,
       file, the variable and the params leaf path.
   """
   if _is_path(source):
-    kf = keras_files.read(source)
+    kf = _formats.read(source)
     file, names, arrays = kf.path, kf.names, kf.weights
   else:
     file, names, arrays = live_weights(source)
@@ -246,7 +247,7 @@ def optimizer_config_from_keras(source: Any) -> dict:
   """
   if not _is_path(source):
     return dict(source.get_config())
-  kf = keras_files.read(source)
+  kf = _formats.read(source)
   if kf.optimizer is None:
     raise not_nadam(kf)
   return dict(kf.config)

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from optax_nadam.interop.arrays import to_array
+from optax_nadam.interop._arrays import to_array
 
 MODEL_KEYS = ("model", "model_state_dict", "state_dict")
 OPTIMIZER_KEYS = ("optimizer", "optim", "optimizer_state_dict")

@@ -1,6 +1,6 @@
 """A Keras / TF file's Nadam state as our optimizer state (private to `from_keras`).
 
-`file_state` turns a `keras_files.KerasFile` into `PeerSlot`s (moments in the
+`file_state` turns a `_formats.KerasFile` into `PeerSlot`s (moments in the
 params' layout), `PeerExtras` (Keras 3 accumulation, EMA) and the peer's
 hyperparameters, and hands them to `build_state`; `not_nadam` says why a file
 holds no Nadam state.
@@ -11,9 +11,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 import optax
 
-from optax_nadam.interop import keras_files, keras_hyper
-from optax_nadam.interop.build import PeerExtras, PeerSlot, build_state, param_paths
-from optax_nadam.interop.hyper import PeerHyperparams
+from optax_nadam.interop import _formats
+from optax_nadam.interop._check import PeerHyperparams
+from optax_nadam.interop._keras import hyper as keras_hyper
+from optax_nadam.interop._state import PeerExtras, PeerSlot, build_state, param_paths
 
 Layout = Callable[[str, np.ndarray], Any]
 
@@ -28,7 +29,7 @@ def laid_out(layout: Optional[Layout], leaf: str, x: np.ndarray, where: str) -> 
     raise ValueError(f"{where}: layout({leaf!r}, array of shape {x.shape}) failed: {e}") from e
 
 
-def not_nadam(kf: keras_files.KerasFile) -> ValueError:
+def not_nadam(kf: _formats.KerasFile) -> ValueError:
   if kf.optimizer is None:
     return ValueError(
         f"{kf.path} holds no optimizer state (saved without the optimizer, or never "
@@ -43,7 +44,7 @@ def not_nadam(kf: keras_files.KerasFile) -> ValueError:
 
 
 def file_state(kf, tx, params, layout, **kwargs) -> optax.OptState:
-  """`state_from_keras` for a file read by `keras_files.read`: slots, extras, hyperparameters."""
+  """`state_from_keras` for a file read by `_formats.read`: slots, extras, hyperparameters."""
   fresh = kf.m is None and kf.count == 0  # a Nadam saved before its first step: no slots
   if kf.m is None and not fresh:
     raise not_nadam(kf)

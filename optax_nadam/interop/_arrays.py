@@ -1,6 +1,6 @@
 """Values read from a peer as private numpy copies, validated (peer-neutral).
 
-The torch front converts its tensors first (`optax_nadam.interop.from_torch`);
+The torch front converts its tensors first (`optax_nadam.interop.torch`);
 Keras values arrive as numpy already.
 """
 

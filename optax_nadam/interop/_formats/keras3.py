@@ -15,7 +15,7 @@ import re
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
-from optax_nadam.interop.keras_files import (
+from optax_nadam.interop._formats._types import (
   FileFormatError,
   KerasFile,
   array,

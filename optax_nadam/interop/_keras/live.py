@@ -1,6 +1,6 @@
 """Reading live Keras optimizers and models (tf-keras legacy, Keras 3): slots by variable.
 
-Private to `optax_nadam.interop.from_keras`: which Nadam a live optimizer is,
+Private to `optax_nadam.interop.keras`: which Nadam a live optimizer is,
 its ``(m, v)`` slot variables in params order (its creation order or a
 `var_list`), Keras 3's accumulation / EMA variables, and a model's trainable
 variables.
@@ -10,7 +10,7 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from optax_nadam.interop.build import PeerExtras, to_scalar
+from optax_nadam.interop._state import PeerExtras, to_scalar
 
 
 def mro_names(obj: Any) -> List[str]:
@@ -117,7 +117,19 @@ def v3_extras(optimizer: Any, n: int, var_list, count: int) -> PeerExtras:
 
 
 def live_weights(source: Any) -> Any:
-  """(names, arrays) of a live Keras model's trainable variables, or of a variable list."""
+  """A live Keras model's trainable variables (or a variable list) as plain data.
+
+  Args:
+    source: a Keras model (its ``trainable_variables`` / ``trainable_weights``)
+      or a list or tuple of its variables.
+
+  Returns:
+    ``(where, names, arrays)``: ``"source"`` (how messages name the origin),
+    each variable's name, and a numpy copy of each variable's value.
+
+  Raises:
+    TypeError: `source` is none of these.
+  """
   variables = getattr(source, "trainable_variables", None)
   if variables is None:
     variables = getattr(source, "trainable_weights", None)

@@ -2,7 +2,7 @@
 
 `PeerHyperparams` holds, in our terms, everything a peer's step depends on
 besides its state; `peer_step` is the torch / Keras update rule written out in
-numpy float64, used by `optax_nadam.interop.hyper` as the reference tx must
+numpy float64, used by `optax_nadam.interop._check` as the reference tx must
 match.
 """
 

@@ -1,0 +1,56 @@
+"""Shared types and helpers of the file readers: `KerasFile`, `FileFormatError`, h5py access.
+
+Every reader of `optax_nadam.interop._formats` imports from here, and nothing
+here imports a reader, so the package has no import circle.
+"""
+
+from typing import Any, Dict, List, NamedTuple, Optional
+
+import numpy as np
+
+ZIP_MAGIC = b"PK\x03\x04"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+class KerasFile(NamedTuple):
+  """What a Keras / TF file holds, in our terms (arrays are numpy copies)."""
+
+  path: str
+  kind: str  # "v3" (Keras 3: psi = 1) or "legacy" (tf-keras legacy Nadam: psi = decay)
+  optimizer: Optional[str]  # the saved optimizer's class name; None when none was saved
+  config: Dict[str, Any]  # the optimizer's config (a TF checkpoint has only some keys)
+  names: List[str]  # per trainable weight, where it is in the file
+  weights: List[np.ndarray]
+  count: Optional[int] = None  # Nadam steps applied; None without optimizer state
+  mu_product: Optional[float] = None
+  m: Optional[List[np.ndarray]] = None
+  v: Optional[List[np.ndarray]] = None
+  mini_step: int = 0  # Keras 3 gradient accumulation: update calls since the last step
+  accumulators: Optional[List[np.ndarray]] = None
+  ema: Optional[List[np.ndarray]] = None
+
+
+class FileFormatError(ValueError):
+  """A file that is not (or no longer) one of the formats `read` knows."""
+
+
+def h5py_module():
+  import h5py  # a dependency of keras and tensorflow; imported only to read files
+
+  return h5py
+
+
+def array(ds: Any) -> np.ndarray:
+  return np.array(ds[()], copy=True)
+
+
+def damaged(path: str, what: str, err: Exception) -> FileFormatError:
+  return FileFormatError(f"{path} looks like {what} but cannot be read ({type(err).__name__}: "
+                         f"{err}); is it truncated or damaged?")
+
+
+
+def text(x: Any) -> str:
+  return x.decode("utf8") if isinstance(x, bytes) else str(x)
+
+
