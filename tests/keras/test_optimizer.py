@@ -317,6 +317,69 @@ def test_optimizer_is_immutable_and_its_config_frozen_and_hashable():
   assert hash(Nadam(schedule).config) == hash(Nadam(copy.deepcopy(schedule)).config)
 
 
+def test_equal_configs_give_equal_equally_hashed_optimizers():
+  schedule = dict(CONFIGS[3]["learning_rate"])
+  for kwargs in ({}, {"learning_rate": 0.01}, FULL, {"learning_rate": schedule},
+                 {"exclude_from_weight_decay": ["bias"], "weight_decay": 0.1}):
+    a, b = Nadam(**kwargs), Nadam(**copy.deepcopy(kwargs))
+    assert a is not b and a.update is not b.update
+    assert a == b and not a != b and hash(a) == hash(b)
+    for clone in (pickle.loads(pickle.dumps(a)), copy.deepcopy(a), a.replace()):
+      assert clone == a and hash(clone) == hash(a)
+  with pytest.warns(DeprecationWarning, match="lr"):
+    deprecated = Nadam(lr=0.01)
+  assert Nadam(0.01) == Nadam(learning_rate=0.01) == deprecated == Nadam(1e-2, 0.9)
+  assert len({Nadam(0.01), Nadam(0.01), Nadam(0.02), Nadam(0.01, name="other")}) == 3
+  # Unequal: any field differs, or the other object is not a Nadam (not even its own tuple).
+  opt = Nadam(0.01)
+  for other in (Nadam(0.02), Nadam(0.01, schedule_decay=1.0), Nadam(0.01, clipnorm=1.0),
+                (opt.init, opt.update), optax.GradientTransformationExtraArgs(opt.init,
+                                                                              opt.update)):
+    assert opt != other and other != opt and not opt == other and not other == opt
+  # A Python callable learning rate compares by identity (a config cannot hold it).
+  sched = optax.exponential_decay(0.01, 10, 0.5)
+  assert Nadam(sched) == Nadam(sched)
+  assert Nadam(sched) != Nadam(optax.exponential_decay(0.01, 10, 0.5))
+
+
+def test_jit_traces_once_for_equal_optimizers_as_a_static_argument():
+  traces = []
+
+  def step(opt, params, grads):
+    traces.append(opt)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    return optax.apply_updates(params, updates)
+
+  once = jax.jit(chex.assert_max_traces(step, n=1), static_argnums=0)
+  outs = [once(Nadam(**FULL), PARAMS, _grads(0)) for _ in range(3)]  # three equal optimizers
+  assert len(traces) == 1
+  for out in outs[1:]:
+    chex.assert_trees_all_equal(out, outs[0])
+  counted = jax.jit(step, static_argnums=0)
+  counted(Nadam(**FULL), PARAMS, _grads(0))
+  counted(Nadam(**FULL), PARAMS, _grads(1))
+  assert len(traces) == 2
+  counted(Nadam(**{**FULL, "learning_rate": 0.02}), PARAMS, _grads(0))  # another config
+  assert len(traces) == 3
+  # Equal optimizers also give equal tree definitions (static pytree nodes).
+  assert jax.tree.structure(Nadam(0.01)) == jax.tree.structure(Nadam(0.01))
+  assert jax.tree.structure(Nadam(0.01)) != jax.tree.structure(Nadam(0.02))
+
+
+def test_defaults_are_written_once_in_the_config():
+  import dataclasses
+  import inspect
+
+  from optax_nadam.keras.config import DEFAULTS, NadamConfig
+
+  params = inspect.signature(Nadam).parameters
+  fields = {f.name: f.default for f in dataclasses.fields(NadamConfig)}
+  assert {k: params[k].default for k in fields} == fields
+  assert Nadam().config == NadamConfig.create() == NadamConfig()
+  assert Nadam().get_config() == DEFAULTS
+  assert repr(Nadam()) == "Nadam()"
+
+
 def test_real_signature_lists_every_keyword():
   import inspect
 
