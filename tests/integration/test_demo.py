@@ -169,6 +169,7 @@ def test_missing_demo_extra_says_what_to_install(tmp_path):
   assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_listing_order_changes_neither_trajectories_nor_what_is_timed():
   import optax
 

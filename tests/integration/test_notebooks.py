@@ -116,6 +116,7 @@ def test_install_cell_takes_a_wheel_next_to_it_or_says_how_to_build_one(name, tm
   assert argv[5:] == ["optax_nadam-0.2.0-py3-none-any.whl"]  # the newest, nothing else missing
 
 
+@pytest.mark.slow
 def test_quickstart(kernel_dir, tmp_path):
   text, images = _run("quickstart", kernel_dir, tmp_path)
   assert "nothing to install" in text
@@ -126,6 +127,7 @@ def test_quickstart(kernel_dir, tmp_path):
   assert images == 2  # the schedule and the NNX loss curve
 
 
+@pytest.mark.slow
 def test_parity(kernel_dir, tmp_path):
   """Live runs of every peer: torch, tf-keras at rounding; Keras 3, optax.nadam visibly off."""
   text, images = _run("parity", kernel_dir, tmp_path)
@@ -142,6 +144,7 @@ def test_parity(kernel_dir, tmp_path):
   assert images == 1
 
 
+@pytest.mark.slow
 def test_data_parallel(kernel_dir, tmp_path):
   text, _ = _run("data_parallel", kernel_dir, tmp_path)
   assert re.search(r"^8 cpu devices", text, flags=re.M), text  # the first cell's XLA_FLAGS
