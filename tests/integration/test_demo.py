@@ -49,7 +49,7 @@ def test_default_run_trains_all_three_and_writes_the_png(tmp_path):
     assert 0 < p10 <= median <= p90, (name, p10, median, p90)
     assert acc >= 95.0, (name, acc)
     assert 0.0 < loss < 0.1, (name, loss)
-  png = tmp_path / "curves" / "optax_nadamtrain.png"
+  png = tmp_path / "curves" / "optax_nadam_demo.png"
   assert f"Loss curves written to {png.resolve()}" in result.stdout
   assert png.read_bytes()[:8] == PNG_MAGIC
   assert "step" in result.stderr  # the tqdm progress bar writes to stderr

@@ -337,6 +337,8 @@ def test_equal_configs_give_equal_equally_hashed_optimizers():
                 (opt.init, opt.update), optax.GradientTransformationExtraArgs(opt.init,
                                                                               opt.update)):
     assert opt != other and other != opt and not opt == other and not other == opt
+  with pytest.raises(TypeError, match="NadamConfig"):  # built from a validated config only
+    Nadam._create(opt.config.kwargs())
   # A Python callable learning rate compares by identity (a config cannot hold it).
   sched = optax.exponential_decay(0.01, 10, 0.5)
   assert Nadam(sched) == Nadam(sched)
