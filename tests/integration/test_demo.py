@@ -40,8 +40,11 @@ def test_help_lists_the_flags(tmp_path):
 
 @pytest.mark.slow
 def test_default_run_trains_all_three_and_writes_the_png(tmp_path):
-  """The default run (what the README's first command does) to >= 95% test accuracy."""
-  result = _run(["--out", "curves"], tmp_path)
+  """The README's first command, `python -m optax_nadam`, to >= 95% test accuracy."""
+  cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+  cwd.mkdir()
+  tmp.mkdir()
+  result = _run([], cwd, TMPDIR=str(tmp))
   assert result.returncode == 0, result.stderr[-3000:]
   table = _table(result.stdout)
   assert set(table) == {"optax_nadam.nadam", "optax.nadam", "optax.adam"}, result.stdout
@@ -49,25 +52,25 @@ def test_default_run_trains_all_three_and_writes_the_png(tmp_path):
     assert 0 < p10 <= median <= p90, (name, p10, median, p90)
     assert acc >= 95.0, (name, acc)
     assert 0.0 < loss < 0.1, (name, loss)
-  png = tmp_path / "curves" / "optax_nadam_demo.png"
+  # The plot: in a new directory under the temporary one, printed; nothing in the current one.
+  assert not list(cwd.iterdir())
+  [png] = tmp.glob("optax_nadam_demo-*/optax_nadam_demo.png")
   assert f"Loss curves written to {png.resolve()}" in result.stdout
   assert png.read_bytes()[:8] == PNG_MAGIC
   assert "step" in result.stderr  # the tqdm progress bar writes to stderr
   assert re.search(r"^\(jax \S+ on cpu; \d+ CPU cores, ", result.stdout, flags=re.M)
 
 
-def test_short_run_without_out_writes_into_a_new_temporary_directory_it_prints(tmp_path):
-  cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
-  cwd.mkdir()
-  tmp.mkdir()
-  result = _run(["--steps", "30", "--no-progress"], cwd, TMPDIR=str(tmp))
+@pytest.mark.slow
+def test_short_run_with_explicit_png_path(tmp_path):
+  result = _run(["--steps", "30", "--out", "sub/x.png", "--no-progress"], tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(_table(result.stdout)) == 3
   assert "median and 10th-90th percentile of 30 steps each" in result.stdout
-  assert not list(cwd.iterdir())  # nothing in the current directory
-  [png] = tmp.glob("optax_nadam_demo-*/optax_nadam_demo.png")
+  png = tmp_path / "sub" / "x.png"
   assert f"Loss curves written to {png.resolve()}" in result.stdout
   assert png.read_bytes()[:8] == PNG_MAGIC
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
 
 
 def test_png_path_of_a_file_a_directory_and_a_suffixless_name(tmp_path):
