@@ -8,22 +8,23 @@ installed; Keras is not needed. The contestants are those of
 optax.apply_updates)``, params and state donated), torch ``NAdam(foreach=True)``
 and ``Adam(fused=True)`` on ``cuda``, and the streaming bound (one donated
 elementwise pass over a params-sized buffer, scaled by 7/2 to the 7 buffers an
-Adam-family step moves). Rounds are interleaved in a rotating order; a sample is
-the mean of several consecutive steps; the table shows the median over rounds
-and the min-max spread. Prints a markdown table and writes ``gpu.json``.
+Adam-family step moves). Rounds are interleaved in the balanced orders of
+`optax_nadam._demo.timing` (the demo's protocol); a sample is the mean of
+several consecutive steps; the table shows the median over rounds and the
+min-max spread. Prints a markdown table and writes ``gpu.json``.
 """
 
 import argparse
 import json
 import pathlib
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._contestants import JAX_TXS, LR, REGIMES, make, problem
+from optax_nadam._demo import timing
 
 TORCH = ("torch NAdam foreach (cuda)", "torch Adam fused (cuda)")
 
@@ -60,13 +61,10 @@ def time_regime(key, rounds, steps):
     runs[t] = _torch_cuda_step(t, params, grads, dtype)
   for run in runs.values():  # compile and warm up
     run(3)
-  samples = {n: [] for n in runs}
-  order = list(runs)
-  for r in range(rounds):
-    for n in order[r % len(order):] + order[:r % len(order)]:
-      start = time.perf_counter()
-      runs[n](steps)
-      samples[n].append((time.perf_counter() - start) / steps)
+  # One sample: `steps` consecutive steps; contestants in the demo's balanced orders.
+  _, seconds = timing.interleaved({n: (lambda r, run=run: run(steps)) for n, run in runs.items()},
+                                  rounds)
+  samples = {n: list(s / steps) for n, s in seconds.items()}
   samples["streaming bound"] = [s * 3.5 for s in samples["streaming bound"]]
   return samples
 

@@ -4,9 +4,9 @@ Compares `optax_nadam/transform.py` as of c7b7e0a (the guards in their current
 form: v saturated with a compare + select; 9ffd41d added them with
 `jnp.minimum`, which XLA:CPU fused badly) with the file before any guard
 (a16bcc7), both read from git so later changes to transform.py do not blur the
-comparison. Each regime times a
-jitted ``update`` + ``apply_updates`` step of both versions interleaved in the
-same process and prints the medians and their ratio (guarded / unguarded).
+comparison. Each regime times a jitted ``update`` + ``apply_updates`` step of
+both versions interleaved in the same process (`optax_nadam._demo.timing`, the
+demo's protocol) and prints the medians and their ratio (guarded / unguarded).
 ``eps=0`` exercises the extra ``where(denom == 0, 0, step)``.
 
 Run (from the repo root):
@@ -21,12 +21,13 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from optax_nadam._demo import timing
 
 GUARDED, UNGUARDED = "c7b7e0a", "a16bcc7"
 REGIMES = {
@@ -81,12 +82,8 @@ def main() -> None:
   for name, shapes in REGIMES.items():
     for eps, dtype in VARIANTS:
       runs = {k: _step_fn(m, shapes, eps, dtype) for k, m in versions.items()}
-      times = {k: [] for k in runs}
-      for _ in range(args.reps):
-        for k, run in runs.items():
-          t0 = time.perf_counter()
-          jax.block_until_ready(run())
-          times[k].append(time.perf_counter() - t0)
+      _, times = timing.interleaved({k: (lambda r, run=run: run()) for k, run in runs.items()},
+                                    args.reps, wait=jax.block_until_ready)
       base = float(np.median(times["unguarded"])) * 1e3
       guarded = float(np.median(times["guarded"])) * 1e3
       ratios.append(guarded / base)

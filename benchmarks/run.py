@@ -16,9 +16,10 @@ new params and state:
   params-sized flat buffer (reads 1, writes 1), scaled by 7/2 to the 7 buffers
   an Adam-family step must move (reads p, g, m, v; writes p, m, v).
 
-Rounds are interleaved (every contestant once per round, in a rotating order)
-so machine noise hits all alike; a sample is the mean of a few consecutive
-steps, and the tables show the median over rounds and the spread (min-max).
+Rounds are interleaved (every contestant once per round, in the balanced orders
+of `optax_nadam._demo.timing`, the demo's protocol) so machine noise hits all
+alike; a sample is the mean of a few consecutive steps, and the tables show
+the median over rounds and the spread (min-max).
 Prints markdown tables, the issue's targets with the measured ratios, and
 writes ``bench.png`` and ``bench.json`` to ``--out``.
 """
@@ -42,6 +43,7 @@ import optax  # noqa: E402
 
 import optax_nadam  # noqa: E402
 from benchmarks._contestants import CONTESTANTS, JAX_TXS, LR, REGIMES, make, problem, step_fn  # noqa: E402
+from optax_nadam._demo import timing  # noqa: E402
 
 # --quick: compiling a step over 2000 leaves takes 14-24 s per jax contestant and
 # 44 s for Keras 3 on 2 cores, so quick mode skips (b) and times (c) and (d)
@@ -83,14 +85,11 @@ def time_regime(key, rounds, target_s, contestants):
       runs[name], steps[name] = run, int(np.clip(round(target_s / per_step), 1, 50))
     except Exception as e:  # a peer that cannot run this regime: reported, not fatal
       out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
-  samples = {name: [] for name in runs}
-  names = list(runs)
-  for r in range(rounds):
-    for name in names[r % len(names):] + names[:r % len(names)]:
-      t0 = time.perf_counter()
-      runs[name](steps[name])
-      samples[name].append((time.perf_counter() - t0) / steps[name])
-  for name, xs in samples.items():
+  # One sample: steps[name] consecutive steps; contestants in the demo's balanced orders.
+  _, seconds = timing.interleaved(
+      {name: (lambda r, run=run, k=steps[name]: run(k)) for name, run in runs.items()}, rounds)
+  for name, total in seconds.items():
+    xs = total / steps[name]
     scale = 3.5 if name == "streaming bound" else 1.0
     out[name] = {"median": scale * float(np.median(xs)), "min": scale * float(np.min(xs)),
                  "max": scale * float(np.max(xs))}

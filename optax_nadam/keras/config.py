@@ -25,6 +25,8 @@ class NadamConfig:
   Build one with `NadamConfig.create` (validates); change one with
   `dataclasses.replace` followed by `create(**config.kwargs())`, never in place.
   Field order is `Nadam`'s argument order; the first five are positional there.
+  The field defaults are the one place the defaults are written: `Nadam`'s
+  signature and `DEFAULTS` take them from here.
 
   Attributes:
     learning_rate: a float, a callable schedule, or a `KerasSchedule`.

@@ -1,8 +1,12 @@
-"""The Keras methods of `optax_nadam.keras.Nadam` on explicit state (private).
+"""`KerasMethods`: an optax transformation that is the value of a `NadamConfig` (private).
 
-A mixin: `Nadam` supplies ``config`` (a frozen `NadamConfig`); every method
-here is pure (the state goes in and comes back out) and computes through
-`optax_nadam.keras.build`.
+The base class of `optax_nadam.keras.Nadam`. `KerasMethods._create(config)` is
+the only constructor: it builds the transformation (``build(config)``) and
+stores ``config``, the one attribute everything here reads. Two objects are
+equal, and hash equally, when their types and configs are equal, so
+`jax.jit` traces once for equal optimizers passed as a static argument.
+Every Keras method is pure (the state goes in and comes back out) and
+computes through `optax_nadam.keras.build`.
 """
 
 import warnings
@@ -16,6 +20,7 @@ import optax
 
 from optax_nadam import _tree
 from optax_nadam.keras import build as _build
+from optax_nadam.keras.config import NadamConfig
 from optax_nadam.keras.state import (
     find_nadam_state,
     leaf_names,
@@ -24,8 +29,51 @@ from optax_nadam.keras.state import (
 )
 
 
-class KerasMethods:
-  """tf-keras legacy / Keras 3 optimizer methods as pure functions of the state."""
+class KerasMethods(optax.GradientTransformationExtraArgs):
+  """The optax transformation of a frozen `NadamConfig`, with the Keras methods.
+
+  A value: it is immutable, equal to another when both have the same type and
+  equal configs (a Python callable learning rate compares by identity), and
+  hashed by them. ``init``/``update`` are those of ``build(config)``; the
+  tf-keras legacy / Keras 3 methods are pure functions of an explicit state.
+
+  Attributes:
+    config: the frozen, validated `NadamConfig` (set once, by `_create`).
+  """
+
+  config: NadamConfig
+
+  @classmethod
+  def _create(cls, config: NadamConfig) -> "KerasMethods":
+    """The optimizer of `config`: ``build(config)``'s init/update, carrying `config`.
+
+    Args:
+      config: a validated `NadamConfig`.
+
+    Returns:
+      An instance of `cls`.
+    """
+    if not isinstance(config, NadamConfig):
+      raise TypeError(f"config must be a NadamConfig, got {type(config).__name__}.")
+    tx = _build.build(config)
+    self = super().__new__(cls, tx.init, tx.update)
+    object.__setattr__(self, "config", config)
+    return self
+
+  def __setattr__(self, key: str, value: Any) -> None:
+    raise AttributeError(f"{type(self).__name__} is immutable (cannot set {key!r}); use "
+                         "opt.replace(...) to get a changed optimizer.")
+
+  # Not NotImplemented for other types: Python would then fall back to tuple
+  # equality, which compares the (init, update) closures.
+  def __eq__(self, other: Any) -> bool:
+    return type(self) is type(other) and self.config == other.config
+
+  def __ne__(self, other: Any) -> bool:  # tuple's own __ne__ would compare the closures
+    return not self.__eq__(other)
+
+  def __hash__(self) -> int:
+    return hash((type(self), self.config))
 
   def iterations(self, state: Any) -> chex.Array:
     """Keras's ``optimizer.iterations``: update steps taken (int32 scalar).

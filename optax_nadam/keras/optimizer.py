@@ -8,10 +8,14 @@ offers the Keras methods as pure functions of an explicit state:
 ``minimize``, ``get_config``/``from_config`` and so on.
 
 It is three things, each immutable: a frozen `NadamConfig` (``opt.config``,
-validated once), ``build(config)`` (its ``init``/``update``, pure functions of
-the config, in `optax_nadam.keras.build` with the update order and the state
-layout), and this class, which holds both and adds the Keras methods. The
-Nadam math is `optax_nadam.transform.scale_by_nadam`.
+validated once; its fields' defaults are the constructor's), ``build(config)``
+(its ``init``/``update``, pure functions of the config, in
+`optax_nadam.keras.build` with the update order and the state layout), and
+`optax_nadam.keras.methods.KerasMethods`, which holds both, adds the Keras
+methods and makes the optimizer a value: ``Nadam(0.01) == Nadam(0.01)``, with
+equal hashes, so `jax.jit` traces once for equal optimizers passed as a
+static argument. This class adds the Keras constructor and config methods.
+The Nadam math is `optax_nadam.transform.scale_by_nadam`.
 
 Config psi rule (``from_config``): ``schedule_decay`` present -> psi = it and
 ``decay`` is learning-rate decay; else a Keras 3 / tf-keras key (``use_ema``...)
@@ -26,7 +30,7 @@ import jax
 import optax
 
 from optax_nadam.keras import config as _keras_config
-from optax_nadam.keras.build import KerasNadamState, build
+from optax_nadam.keras.build import KerasNadamState
 from optax_nadam.keras.config import NadamConfig
 from optax_nadam.keras.methods import KerasMethods
 from optax_nadam.keras.schedules import KerasSchedule
@@ -36,18 +40,23 @@ __all__ = ["KerasNadamState", "Nadam", "NadamConfig"]
 
 def _from_config_object(config: NadamConfig) -> "Nadam":
   """Rebuilds a `Nadam` from its (already validated) config: pickle and deepcopy."""
-  return Nadam._from_nadam_config(config)
+  return Nadam._create(config)
 
 
-class Nadam(KerasMethods, optax.GradientTransformationExtraArgs):
+# The defaults are written once, as `NadamConfig`'s field defaults.
+_DEFAULT = NadamConfig()
+
+
+class Nadam(KerasMethods):
   """NAdam with the Keras optimizer API, as an optax `GradientTransformation`.
 
   The arguments are `tf.keras.optimizers.Nadam`'s (tf-keras legacy) with
   Keras 3's extras. Defaults follow tf-keras legacy, i.e. the seed's NAdam with
   momentum schedule ``psi = schedule_decay = 0.004``; pass
-  ``schedule_decay=1.0`` for Keras 3's trajectory. The optimizer is immutable:
-  ``opt.config`` is its frozen `NadamConfig`, and ``opt.replace(**changes)``
-  returns a new optimizer.
+  ``schedule_decay=1.0`` for Keras 3's trajectory. The optimizer is an
+  immutable value: ``opt.config`` is its frozen `NadamConfig`, two optimizers
+  with equal configs are equal and hash equally (a jit static argument), and
+  ``opt.replace(**changes)`` returns a new optimizer.
 
   Example:
     >>> import jax.numpy as jnp
@@ -104,24 +113,24 @@ class Nadam(KerasMethods, optax.GradientTransformationExtraArgs):
 
   def __new__(
       cls,
-      learning_rate: Union[float, optax.Schedule, Dict[str, Any]] = 0.001,
-      beta_1: float = 0.9,
-      beta_2: float = 0.999,
-      epsilon: float = 1e-07,
-      name: str = "Nadam",
+      learning_rate: Union[float, optax.Schedule, Dict[str, Any]] = _DEFAULT.learning_rate,
+      beta_1: float = _DEFAULT.beta_1,
+      beta_2: float = _DEFAULT.beta_2,
+      epsilon: float = _DEFAULT.epsilon,
+      name: str = _DEFAULT.name,
       *,
-      schedule_decay: float = 0.004,
-      decay: float = 0.0,
-      clipnorm: Optional[float] = None,
-      clipvalue: Optional[float] = None,
-      global_clipnorm: Optional[float] = None,
-      weight_decay: Optional[float] = None,
-      exclude_from_weight_decay: Sequence[str] = (),
-      use_ema: bool = False,
-      ema_momentum: float = 0.99,
-      ema_overwrite_frequency: Optional[int] = None,
-      loss_scale_factor: Optional[float] = None,
-      gradient_accumulation_steps: Optional[int] = None,
+      schedule_decay: float = _DEFAULT.schedule_decay,
+      decay: float = _DEFAULT.decay,
+      clipnorm: Optional[float] = _DEFAULT.clipnorm,
+      clipvalue: Optional[float] = _DEFAULT.clipvalue,
+      global_clipnorm: Optional[float] = _DEFAULT.global_clipnorm,
+      weight_decay: Optional[float] = _DEFAULT.weight_decay,
+      exclude_from_weight_decay: Sequence[str] = _DEFAULT.exclude_from_weight_decay,
+      use_ema: bool = _DEFAULT.use_ema,
+      ema_momentum: float = _DEFAULT.ema_momentum,
+      ema_overwrite_frequency: Optional[int] = _DEFAULT.ema_overwrite_frequency,
+      loss_scale_factor: Optional[float] = _DEFAULT.loss_scale_factor,
+      gradient_accumulation_steps: Optional[int] = _DEFAULT.gradient_accumulation_steps,
       lr: Optional[float] = None,
   ) -> "Nadam":
     kwargs = dict(
@@ -134,18 +143,7 @@ class Nadam(KerasMethods, optax.GradientTransformationExtraArgs):
         gradient_accumulation_steps=gradient_accumulation_steps)
     if lr is not None:
       kwargs["lr"] = lr
-    return cls._from_nadam_config(NadamConfig.create(**kwargs))
-
-  @classmethod
-  def _from_nadam_config(cls, config: NadamConfig) -> "Nadam":
-    tx = build(config)
-    self = super().__new__(cls, tx.init, tx.update)
-    object.__setattr__(self, "config", config)
-    return self
-
-  def __setattr__(self, key: str, value: Any) -> None:
-    raise AttributeError(f"Nadam is immutable (cannot set {key!r}); use opt.replace(...) to "
-                         "get a changed optimizer.")
+    return cls._create(NadamConfig.create(**kwargs))
 
   def replace(self, **changes: Any) -> "Nadam":
     """A new `Nadam` with `changes` applied to this one's arguments (validated again).

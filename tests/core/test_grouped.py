@@ -159,6 +159,7 @@ def test_one_trace_for_many_steps():
     params, state = step(params, state, t)
 
 
+@pytest.mark.slow
 def test_group_state_inverts_ungroup_state_and_continues():
   params = _params()
   plain_tx, group_tx = optax_nadam.nadam(1e-2), optax_nadam.grouped(optax_nadam.nadam(1e-2))

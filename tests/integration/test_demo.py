@@ -1,20 +1,22 @@
 """`python -m optax_nadam`, run the way a newcomer runs it: in a fresh interpreter."""
 
 import os
+import pathlib
 import re
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 
-from optax_nadam import _demo
+from optax_nadam._demo import cli, report, train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _run(args, cwd, code=None, timeout=240):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def _run(args, cwd, code=None, timeout=240, **env_changes):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **env_changes)
   cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "optax_nadam"]
   return subprocess.run(cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True,
                         timeout=timeout)
@@ -33,12 +35,16 @@ def test_help_lists_the_flags(tmp_path):
   assert result.returncode == 0, result.stderr
   for flag in ("--steps", "--out", "--help"):
     assert flag in result.stdout
+  assert "in a new temporary directory" in " ".join(result.stdout.split())
 
 
 @pytest.mark.slow
 def test_default_run_trains_all_three_and_writes_the_png(tmp_path):
-  """The default run (what the README's first command does) to >= 95% test accuracy."""
-  result = _run(["--out", "curves"], tmp_path)
+  """The README's first command, `python -m optax_nadam`, to >= 95% test accuracy."""
+  cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+  cwd.mkdir()
+  tmp.mkdir()
+  result = _run([], cwd, TMPDIR=str(tmp))
   assert result.returncode == 0, result.stderr[-3000:]
   table = _table(result.stdout)
   assert set(table) == {"optax_nadam.nadam", "optax.nadam", "optax.adam"}, result.stdout
@@ -46,19 +52,33 @@ def test_default_run_trains_all_three_and_writes_the_png(tmp_path):
     assert 0 < p10 <= median <= p90, (name, p10, median, p90)
     assert acc >= 95.0, (name, acc)
     assert 0.0 < loss < 0.1, (name, loss)
-  png = tmp_path / "curves" / "optax_nadam_demo.png"
+  # The plot: in a new directory under the temporary one, printed; nothing in the current one.
+  assert not list(cwd.iterdir())
+  [png] = tmp.glob("optax_nadam_demo-*/optax_nadam_demo.png")
   assert f"Loss curves written to {png.resolve()}" in result.stdout
   assert png.read_bytes()[:8] == PNG_MAGIC
   assert "step" in result.stderr  # the tqdm progress bar writes to stderr
   assert re.search(r"^\(jax \S+ on cpu; \d+ CPU cores, ", result.stdout, flags=re.M)
 
 
+@pytest.mark.slow
 def test_short_run_with_explicit_png_path(tmp_path):
   result = _run(["--steps", "30", "--out", "sub/x.png", "--no-progress"], tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(_table(result.stdout)) == 3
   assert "median and 10th-90th percentile of 30 steps each" in result.stdout
-  assert (tmp_path / "sub" / "x.png").read_bytes()[:8] == PNG_MAGIC
+  png = tmp_path / "sub" / "x.png"
+  assert f"Loss curves written to {png.resolve()}" in result.stdout
+  assert png.read_bytes()[:8] == PNG_MAGIC
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
+
+
+def test_png_path_of_a_file_a_directory_and_a_suffixless_name(tmp_path):
+  assert report.png_path("sub/x.png") == pathlib.Path("sub/x.png")
+  assert report.png_path(str(tmp_path)) == tmp_path / report.PNG_NAME
+  assert report.png_path("curves") == pathlib.Path("curves") / report.PNG_NAME
+  (tmp_path / "dir.png").mkdir()  # an existing directory, whatever its name
+  assert report.png_path(str(tmp_path / "dir.png")) == tmp_path / "dir.png" / report.PNG_NAME
 
 
 BAD_FLAGS = [
@@ -85,13 +105,11 @@ BAD_FLAGS = [
 
 @pytest.mark.parametrize("args, message", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
 def test_bad_flags_are_refused_before_training(tmp_path, monkeypatch, capsys, args, message):
-  from optax_nadam import __main__ as cli
-
   def no_training(*args, **kwargs):
     raise AssertionError("training started")
 
-  monkeypatch.setattr(_demo, "run", no_training)
-  monkeypatch.setattr(_demo, "train_all", no_training)
+  monkeypatch.setattr(train, "run", no_training)
+  monkeypatch.setattr(train, "train_all", no_training)
   monkeypatch.chdir(tmp_path)
   with pytest.raises(SystemExit) as exit_info:
     cli.main(args)
@@ -103,10 +121,8 @@ def test_bad_flags_are_refused_before_training(tmp_path, monkeypatch, capsys, ar
 
 
 def test_good_edge_flags_pass_the_checks(tmp_path, monkeypatch):
-  from optax_nadam import __main__ as cli
-
   calls = []
-  monkeypatch.setattr(_demo, "run", lambda **kw: calls.append(kw) or ([], tmp_path / "x.svg"))
+  monkeypatch.setattr(train, "run", lambda **kw: calls.append(kw) or ([], tmp_path / "x.svg"))
   monkeypatch.chdir(tmp_path)
   (tmp_path / "old.png").write_bytes(b"keep")
   argv = ["--steps", "20000", "--batch-size", "1437", "--lr", "3.4e38", "--seed", str(2**32 - 1),
@@ -115,6 +131,13 @@ def test_good_edge_flags_pass_the_checks(tmp_path, monkeypatch):
   assert cli.main(argv + ["--out", "old.png"]) == 0
   assert [c["out"] for c in calls] == ["x.svg", "old.png"]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["old.png"]  # the probe left no file
+  # Without --out: a new directory under the temporary one, never the current directory.
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+  (tmp_path / "tmp").mkdir()
+  assert cli.main(argv) == 0 and cli.main(argv) == 0
+  first, second = (pathlib.Path(c["out"]) for c in calls[2:])
+  assert first != second and first.parent == second.parent == tmp_path / "tmp"
+  assert first.name.startswith("optax_nadam_demo-") and first.is_dir()
   assert (tmp_path / "old.png").read_bytes() == b"keep"
 
 
@@ -149,15 +172,16 @@ def test_missing_demo_extra_says_what_to_install(tmp_path):
   assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_listing_order_changes_neither_trajectories_nor_what_is_timed():
   import optax
 
   import optax_nadam
 
-  data = _demo.load_data(0)
+  data = train.load_data(0)
   txs = {"ours": optax_nadam.nadam(3e-3), "adam": optax.adam(3e-3)}
-  first = _demo.train_all(txs, data, steps=8, batch_size=64, warmup=1)
-  second = _demo.train_all(dict(reversed(list(txs.items()))), data, steps=8, batch_size=64,
+  first = train.train_all(txs, data, steps=8, batch_size=64, warmup=1)
+  second = train.train_all(dict(reversed(list(txs.items()))), data, steps=8, batch_size=64,
                            warmup=1)
   assert [r.name for r in first] == ["ours", "adam"]
   assert [r.name for r in second] == ["adam", "ours"]
@@ -171,8 +195,8 @@ def test_listing_order_changes_neither_trajectories_nor_what_is_timed():
 
 
 def test_batches_cover_each_epoch_once():
-  idx = _demo.batch_indices(n=1000, steps=20, batch_size=128, seed=3)
+  idx = train.batch_indices(n=1000, steps=20, batch_size=128, seed=3)
   assert idx.shape == (20, 128)
   first_epoch = idx[: 1000 // 128].ravel()
   assert len(np.unique(first_epoch)) == first_epoch.size
-  np.testing.assert_array_equal(idx, _demo.batch_indices(1000, 20, 128, seed=3))
+  np.testing.assert_array_equal(idx, train.batch_indices(1000, 20, 128, seed=3))

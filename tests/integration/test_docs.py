@@ -29,6 +29,12 @@ def _blocks(path: pathlib.Path):
 
 
 EXAMPLES = [(doc, i, code) for doc in DOCS for i, code in enumerate(_blocks(doc))]
+# The README's examples run in the README's test command; the guides' (5-8 s each, mostly
+# importing the peers in a fresh interpreter) in the slow step (`-m slow`), in CI both.
+EXAMPLE_PARAMS = [
+    pytest.param(doc, i, code, id=f"{_name(doc)}-{i}",
+                 marks=() if doc.name == "README.md" else pytest.mark.slow)
+    for doc, i, code in EXAMPLES]
 
 
 def _prose(text: str) -> str:
@@ -66,8 +72,7 @@ def test_docs_have_examples_and_guides():
     assert len(_blocks(doc)) == doc.read_text().count("```python\n"), _name(doc)
 
 
-@pytest.mark.parametrize(
-    "doc, index, code", EXAMPLES, ids=[f"{_name(d)}-{i}" for d, i, _ in EXAMPLES])
+@pytest.mark.parametrize("doc, index, code", EXAMPLE_PARAMS)
 def test_example_runs(doc, index, code, tmp_path):
   env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
   result = subprocess.run(

@@ -20,7 +20,7 @@ from flax import nnx
 from flax.training import train_state
 
 from optax_nadam import ScaleByNadamState, nadam, nadamw
-from optax_nadam._demo import batch_indices
+from optax_nadam._demo.train import batch_indices
 
 HIDDEN = 64
 BATCH = 128

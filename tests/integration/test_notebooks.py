@@ -84,10 +84,39 @@ def test_committed_without_outputs_and_self_contained(name):
   # The first code cell installs what is missing, and only what is missing.
   first = code[0].source
   assert "importlib.util.find_spec" in first and "if missing:" in first
-  assert "git+https://github.com/" in first
+  assert "optax_nadam-*.whl" in first
   assert not re.search(r"^\s*(import|from)\s+(jax|optax|flax)\b", first, flags=re.M)
+  assert not any("OWNER" in cell.source for cell in nb.cells)  # no placeholder repository
 
 
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_install_cell_takes_a_wheel_next_to_it_or_says_how_to_build_one(name, tmp_path,
+                                                                         monkeypatch):
+  """The first cell where optax_nadam is missing (a fresh Colab runtime), run here as it is."""
+  import importlib.util
+  import subprocess
+
+  first = next(c for c in nbformat.read(COLAB / f"{name}.ipynb", as_version=4).cells
+               if c.cell_type == "code").source
+  real_find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda n, *a: None if n == "optax_nadam" else real_find_spec(n, *a))
+  calls = []
+  monkeypatch.setattr(subprocess, "check_call", calls.append)
+  monkeypatch.setattr(os, "environ", dict(os.environ))  # the cells set XLA_FLAGS, KERAS_BACKEND
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ModuleNotFoundError, match=r"pip wheel --no-deps \. -w dist"):
+    exec(first, {})
+  assert calls == []
+  for version in ("0.1.0", "0.2.0"):
+    (tmp_path / f"optax_nadam-{version}-py3-none-any.whl").write_bytes(b"")
+  exec(first, {})
+  [(argv)] = calls
+  assert argv[:4] == [sys.executable, "-m", "pip", "install"]
+  assert argv[5:] == ["optax_nadam-0.2.0-py3-none-any.whl"]  # the newest, nothing else missing
+
+
+@pytest.mark.slow
 def test_quickstart(kernel_dir, tmp_path):
   text, images = _run("quickstart", kernel_dir, tmp_path)
   assert "nothing to install" in text
@@ -98,6 +127,7 @@ def test_quickstart(kernel_dir, tmp_path):
   assert images == 2  # the schedule and the NNX loss curve
 
 
+@pytest.mark.slow
 def test_parity(kernel_dir, tmp_path):
   """Live runs of every peer: torch, tf-keras at rounding; Keras 3, optax.nadam visibly off."""
   text, images = _run("parity", kernel_dir, tmp_path)
@@ -114,6 +144,7 @@ def test_parity(kernel_dir, tmp_path):
   assert images == 1
 
 
+@pytest.mark.slow
 def test_data_parallel(kernel_dir, tmp_path):
   text, _ = _run("data_parallel", kernel_dir, tmp_path)
   assert re.search(r"^8 cpu devices", text, flags=re.M), text  # the first cell's XLA_FLAGS

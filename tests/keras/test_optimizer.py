@@ -28,6 +28,12 @@ PARAMS = {"dense": {"kernel": jnp.arange(6.0).reshape(2, 3) / 7, "bias": jnp.one
           "scale": jnp.array(0.5, jnp.float32)}  # not weakly typed: one trace
 
 
+# One compiled update per optimizer config for the loops below, shared across tests (equal
+# optimizers are equal static arguments); eager dispatch of a Keras chain is ~0.5 s a step.
+_update = jax.jit(lambda opt, grads, state, params: opt.update(grads, state, params),
+                  static_argnums=0)
+
+
 def _grads(seed):
   keys = jax.random.split(jax.random.PRNGKey(seed), 3)
   return {"dense": {"kernel": jax.random.normal(keys[0], (2, 3)),
@@ -144,9 +150,10 @@ def test_pickle_and_deepcopy_rebuild_the_same_optimizer():
   for clone in (pickle.loads(pickle.dumps(opt)), copy.deepcopy(opt)):
     assert clone.get_config() == opt.get_config()
     a, b = opt.init(PARAMS), clone.init(PARAMS)
+    update_a, update_b = jax.jit(opt.update), jax.jit(clone.update)  # compiled separately
     for t in range(3):
-      a = opt.update(_grads(t), a, PARAMS)[1]
-      b = clone.update(_grads(t), b, PARAMS)[1]
+      a = update_a(_grads(t), a, PARAMS)[1]
+      b = update_b(_grads(t), b, PARAMS)[1]
     chex.assert_trees_all_equal(a, b)
 
 
@@ -192,14 +199,14 @@ def test_iterations_count_updates_and_floor_with_accumulation():
     assert int(opt.iterations(state)) == t // 3
     # Schedules and decay see the real step count, as in Keras 3.
     np.testing.assert_allclose(opt.current_learning_rate(state), 0.1 / (1 + 0.5 * t), rtol=1e-6)
-    state = opt.update(_grads(t), state, PARAMS)[1]
+    state = _update(opt, _grads(t), state, PARAMS)[1]
 
 
 def test_accumulation_leaves_params_unchanged_between_update_steps():
   opt = Nadam(0.1, gradient_accumulation_steps=3)
   state = opt.init(PARAMS)
   for t in range(6):
-    updates, state = opt.update(_grads(t), state, PARAMS)
+    updates, state = _update(opt, _grads(t), state, PARAMS)
     moved = any(bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates))
     assert moved == (t % 3 == 2)
 
@@ -226,7 +233,7 @@ def test_get_weights_set_weights_round_trip_and_variables_order():
   opt = Nadam(0.01, use_ema=True, gradient_accumulation_steps=2)
   state = opt.init(PARAMS)
   for t in range(5):
-    state = opt.update(_grads(t), state, PARAMS)[1]
+    state = _update(opt, _grads(t), state, PARAMS)[1]
   weights = opt.get_weights(state)
   assert [w.shape for w in weights] == [(), (), (3,), (2, 3), (), (3,), (2, 3), ()]
   assert int(weights[0]) == 2
@@ -315,6 +322,71 @@ def test_optimizer_is_immutable_and_its_config_frozen_and_hashable():
   assert opt.config == Nadam(**FULL).config
   schedule = dict(CONFIGS[3]["learning_rate"])
   assert hash(Nadam(schedule).config) == hash(Nadam(copy.deepcopy(schedule)).config)
+
+
+def test_equal_configs_give_equal_equally_hashed_optimizers():
+  schedule = dict(CONFIGS[3]["learning_rate"])
+  for kwargs in ({}, {"learning_rate": 0.01}, FULL, {"learning_rate": schedule},
+                 {"exclude_from_weight_decay": ["bias"], "weight_decay": 0.1}):
+    a, b = Nadam(**kwargs), Nadam(**copy.deepcopy(kwargs))
+    assert a is not b and a.update is not b.update
+    assert a == b and not a != b and hash(a) == hash(b)
+    for clone in (pickle.loads(pickle.dumps(a)), copy.deepcopy(a), a.replace()):
+      assert clone == a and hash(clone) == hash(a)
+  with pytest.warns(DeprecationWarning, match="lr"):
+    deprecated = Nadam(lr=0.01)
+  assert Nadam(0.01) == Nadam(learning_rate=0.01) == deprecated == Nadam(1e-2, 0.9)
+  assert len({Nadam(0.01), Nadam(0.01), Nadam(0.02), Nadam(0.01, name="other")}) == 3
+  # Unequal: any field differs, or the other object is not a Nadam (not even its own tuple).
+  opt = Nadam(0.01)
+  for other in (Nadam(0.02), Nadam(0.01, schedule_decay=1.0), Nadam(0.01, clipnorm=1.0),
+                (opt.init, opt.update), optax.GradientTransformationExtraArgs(opt.init,
+                                                                              opt.update)):
+    assert opt != other and other != opt and not opt == other and not other == opt
+  with pytest.raises(TypeError, match="NadamConfig"):  # built from a validated config only
+    Nadam._create(opt.config.kwargs())
+  # A Python callable learning rate compares by identity (a config cannot hold it).
+  sched = optax.exponential_decay(0.01, 10, 0.5)
+  assert Nadam(sched) == Nadam(sched)
+  assert Nadam(sched) != Nadam(optax.exponential_decay(0.01, 10, 0.5))
+
+
+def test_jit_traces_once_for_equal_optimizers_as_a_static_argument():
+  traces = []
+
+  def step(opt, params, grads):
+    traces.append(opt)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    return optax.apply_updates(params, updates)
+
+  once = jax.jit(chex.assert_max_traces(step, n=1), static_argnums=0)
+  outs = [once(Nadam(**FULL), PARAMS, _grads(0)) for _ in range(3)]  # three equal optimizers
+  assert len(traces) == 1
+  for out in outs[1:]:
+    chex.assert_trees_all_equal(out, outs[0])
+  counted = jax.jit(step, static_argnums=0)
+  counted(Nadam(**FULL), PARAMS, _grads(0))
+  counted(Nadam(**FULL), PARAMS, _grads(1))
+  assert len(traces) == 2
+  counted(Nadam(**{**FULL, "learning_rate": 0.02}), PARAMS, _grads(0))  # another config
+  assert len(traces) == 3
+  # Equal optimizers also give equal tree definitions (static pytree nodes).
+  assert jax.tree.structure(Nadam(0.01)) == jax.tree.structure(Nadam(0.01))
+  assert jax.tree.structure(Nadam(0.01)) != jax.tree.structure(Nadam(0.02))
+
+
+def test_defaults_are_written_once_in_the_config():
+  import dataclasses
+  import inspect
+
+  from optax_nadam.keras.config import DEFAULTS, NadamConfig
+
+  params = inspect.signature(Nadam).parameters
+  fields = {f.name: f.default for f in dataclasses.fields(NadamConfig)}
+  assert {k: params[k].default for k in fields} == fields
+  assert Nadam().config == NadamConfig.create() == NadamConfig()
+  assert Nadam().get_config() == DEFAULTS
+  assert repr(Nadam()) == "Nadam()"
 
 
 def test_real_signature_lists_every_keyword():
@@ -421,10 +493,13 @@ def test_config_json_round_trip_is_exact(kwargs):
   rebuilt = Nadam.from_config(json.loads(text))
   assert rebuilt.get_config() == config
   assert json.dumps(rebuilt.get_config()) == text
+  assert rebuilt == opt
+  # Each one's own update, compiled separately (eager dispatch of the full chain costs ~7 s).
+  update_a, update_b = jax.jit(opt.update), jax.jit(rebuilt.update)
   a, b = opt.init(PARAMS), rebuilt.init(PARAMS)
   for t in range(3):
-    ua, a = opt.update(_grads(t), a, PARAMS)
-    ub, b = rebuilt.update(_grads(t), b, PARAMS)
+    ua, a = update_a(_grads(t), a, PARAMS)
+    ub, b = update_b(_grads(t), b, PARAMS)
     chex.assert_trees_all_equal(ua, ub)
 
 

@@ -1,16 +1,17 @@
-"""The demo's timing protocol: contestants interleaved step by step, in balanced orders.
+"""The one timing protocol of the demo and ``benchmarks/``: contestants interleaved, balanced.
 
 Timing one optimizer's whole run and then the next one's charges whichever runs
 first for the machine warming up (caches, clocks, allocator): measured at ~0.2 s
 of 0.4 s for 599 steps, whichever optimizer was first. Here every contestant
-takes one step per round, the order of the contestants changes every round so
-that each is first, second, ... equally often and follows each other one
-equally often, and each contestant's step times are summarised by quantiles,
-which a few slow outliers do not move.
+takes one step (or one sample of a few steps) per round, the order of the
+contestants changes every round so that each is first, second, ... equally
+often and follows each other one equally often (a balanced Latin square), and
+each contestant's times are summarised by quantiles, which a few slow outliers
+do not move. `python -m optax_nadam`, ``benchmarks.run``, ``benchmarks.gpu``
+and ``benchmarks.guard_cost`` all time through `interleaved`.
 """
 
 import dataclasses
-import itertools
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -20,24 +21,31 @@ import numpy as np
 def round_orders(n: int) -> list[tuple[int, ...]]:
   """One full cycle of the orders the contestants take their steps in.
 
-  The cycle is every cyclic rotation of every order that starts with
-  contestant 0: each block of `n` consecutive rounds from the start of the
-  cycle is a Latin square (each contestant once in each position), and over
-  the whole cycle (`n!` rounds) each contestant directly follows each other one
-  equally often.
+  A balanced Latin square (Williams, 1949): the first order is
+  ``0, 1, n-1, 2, n-2, ...``, the next ones add 1, 2, ... to it modulo `n`,
+  and for odd `n` the reversed orders follow. Each block of `n` consecutive
+  rounds from the start of the cycle is a Latin square (each contestant once in
+  each position), and over the whole cycle (`n` rounds, `2n` for odd `n`)
+  each contestant directly follows each other one equally often.
 
   Args:
-    n: number of contestants, 1 to 6 (the cycle has ``n!`` rounds).
+    n: number of contestants, at least 1.
 
   Returns:
-    ``n!`` tuples, each a permutation of ``range(n)``.
+    ``n`` (even `n`, or 1) or ``2n`` (odd `n` > 1) tuples, each a permutation of ``range(n)``.
+
+  References:
+    Williams, 1949, "Experimental designs balanced for the estimation of
+    residual effects of treatments", Australian Journal of Scientific Research.
   """
-  if not 1 <= n <= 6:
-    raise ValueError(f"round_orders: n must be 1 to 6 contestants, got {n}")
-  orders = []
-  for tail in itertools.permutations(range(1, n)):
-    base = (0,) + tail
-    orders.extend(base[k:] + base[:k] for k in range(n))
+  if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    raise ValueError(f"round_orders: n must be an int >= 1 (contestants), got {n!r}")
+  first = [0]
+  for k in range(1, n):  # 1, n-1, 2, n-2, ...
+    first.append((k + 1) // 2 if k % 2 else n - k // 2)
+  orders = [tuple((x + shift) % n for x in first) for shift in range(n)]
+  if n % 2 and n > 1:
+    orders += [order[::-1] for order in orders]
   return orders
 
 
@@ -127,11 +135,3 @@ def interleaved(
       seconds[name][r] = clock() - start
       outputs[name].append(out)
   return outputs, seconds
-
-
-PROTOCOL = (
-    "Times: each optimizer's step is compiled (one sample each, in list order, after a throwaway "
-    "warm-up compile) and warmed up first; then round by round each takes one step, in an order "
-    "that changes every round (each optimizer first in 1/{n} of the rounds); median and "
-    "10th-90th percentile of {rounds} steps each, every step timed until its loss is ready."
-)

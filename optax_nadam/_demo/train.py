@@ -13,8 +13,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from optax_nadam import _demo_timing
-from optax_nadam._demo_report import plot, png_path
+from optax_nadam._demo import timing
+from optax_nadam._demo.report import plot, png_path
 
 # Import name -> pip name of what the demo needs beyond the core dependencies.
 DEMO_REQUIREMENTS = {
@@ -54,7 +54,7 @@ class RunResult:
     test_accuracy: accuracy on the held-out split after training.
     compile_seconds: wall time of the first step (tracing and compilation), run
       on a throwaway copy of the model before the timed run.
-    step_times: the timed run's per-step wall times (`_demo_timing.StepTimes`).
+    step_times: the timed run's per-step wall times (`timing.StepTimes`).
   """
 
   name: str
@@ -62,7 +62,7 @@ class RunResult:
   final_loss: float
   test_accuracy: float
   compile_seconds: float
-  step_times: _demo_timing.StepTimes
+  step_times: timing.StepTimes
 
 
 def load_data(seed: int = 0):
@@ -171,7 +171,7 @@ def train_all(
   Each optimizer first compiles and runs `warmup` steps on a throwaway copy of
   the model; then every optimizer trains its own model from the same
   initialisation on the same batches, one step each per round, in the orders
-  of `_demo_timing.schedule`, so that no optimizer is charged for its place
+  of `timing.schedule`, so that no optimizer is charged for its place
   in the list. The round's batch goes to the device before the round, untimed.
 
   Args:
@@ -223,7 +223,7 @@ def train_all(
     if progress is not None and i:
       progress(len(txs))
 
-  losses, seconds = _demo_timing.interleaved(
+  losses, seconds = timing.interleaved(
       {name: contestant(name) for name in txs}, steps, wait=jax.block_until_ready,
       before_round=before_round,
   )
@@ -236,7 +236,7 @@ def train_all(
     final_loss = float(_loss(model, x_all, y_all))
     accuracy = float(jnp.mean(jnp.argmax(model(x_test), -1) == y_test))
     results.append(RunResult(name, np.asarray(jnp.stack(losses[name])), final_loss, accuracy,
-                             compile_seconds[name], _demo_timing.summarize(seconds[name])))
+                             compile_seconds[name], timing.summarize(seconds[name])))
   return results
 
 
@@ -261,8 +261,8 @@ def optimizers(learning_rate: float) -> dict:
 
 
 def run(
+    out: str,
     steps: int = 600,
-    out: str = "optax_nadam_demo.png",
     learning_rate: float = 3e-3,
     batch_size: int = 128,
     seed: int = 0,
@@ -271,9 +271,9 @@ def run(
   """Runs the whole demo: trains the optimizers interleaved (`train_all`), writes the PNG.
 
   Args:
-    steps: optimizer steps per run.
     out: path of the PNG; a directory, or a path without a suffix, gets
       ``optax_nadam_demo.png`` inside.
+    steps: optimizer steps per run.
     learning_rate: learning rate of every optimizer.
     batch_size: examples per step.
     seed: seed of the initialisation, the batches and the split.

@@ -1,15 +1,26 @@
-"""The demo's output: its table, its loss-curve plot, where the plot goes, where it ran."""
+"""The demo's output: its table, its timing note, its loss-curve plot and where it goes."""
 
 import pathlib
 
 import numpy as np
+
+# The plot's file name inside a directory given as --out (or the temporary one).
+PNG_NAME = "optax_nadam_demo.png"
+
+# How the table's times were taken (`train.train_all` with `timing.interleaved`).
+PROTOCOL = (
+    "Times: each optimizer's step is compiled (one sample each, in list order, after a throwaway "
+    "warm-up compile) and warmed up first; then round by round each takes one step, in an order "
+    "that changes every round (each optimizer first in 1/{n} of the rounds); median and "
+    "10th-90th percentile of {rounds} steps each, every step timed until its loss is ready."
+)
 
 
 def format_table(results: list) -> str:
   """A plain-text (Markdown) table of the results.
 
   Args:
-    results: the runs (`_demo.RunResult`s).
+    results: the runs (`train.RunResult`s).
 
   Returns:
     The table as a string; step times in microseconds.
@@ -32,7 +43,7 @@ def plot(results: list, path: pathlib.Path, title: str = "") -> pathlib.Path:
   """Writes the training-loss curves (log scale, 20-step moving average) to a PNG.
 
   Args:
-    results: the runs (`_demo.RunResult`s).
+    results: the runs (`train.RunResult`s).
     path: file to write.
     title: optional figure title.
 
@@ -73,7 +84,7 @@ def png_path(out: str) -> pathlib.Path:
   """
   path = pathlib.Path(out)
   if path.is_dir() or not path.suffix:
-    path = path / "optax_nadam_demo.png"
+    path = path / PNG_NAME
   return path
 
 
