@@ -26,6 +26,18 @@ def _local_header(f: BinaryIO, info: zipfile.ZipInfo) -> Tuple[int, int, int]:
   _, _, flags, _, _, _, _, csize, size, n, m = struct.unpack("<4s5H3I2H", head)
   if flags & 0x08:  # sizes in a data descriptor after the data: take the central ones
     csize, size = info.compress_size, info.file_size
+  elif 0xFFFFFFFF in (csize, size):  # zip64: the sizes are in the extra field (numpy's savez)
+    f.seek(info.header_offset + 30 + n)
+    extra, big = f.read(m), []
+    while len(extra) >= 4:
+      tag, k = struct.unpack("<2H", extra[:4])
+      if tag == 1:
+        big = list(struct.unpack(f"<{min(k, 16) // 8}Q", extra[4:4 + min(k, 16) // 8 * 8]))
+      extra = extra[4 + k:]
+    if size == 0xFFFFFFFF and big:
+      size = big.pop(0)
+    if csize == 0xFFFFFFFF and big:
+      csize = big.pop(0)
   return info.header_offset + 30 + n + m, csize, size
 
 
