@@ -121,7 +121,7 @@ def state_from_keras(
   if _is_path(source):
     if var_list is not None:
       raise TypeError("var_list matches live variables; a file's variables come in its order.")
-    return file_state(_formats.read(source, _safe.Budget.like(params, layout)), tx, params,
+    return file_state(_formats.read(source, _safe.Budget.like(params)), tx, params,
                       layout, **kwargs)
   optimizer = source
   kind = keras_kind(optimizer)
@@ -200,7 +200,7 @@ def params_from_keras(source: Any, like: optax.Params, *,
       file, the variable and the params leaf path.
   """
   if _is_path(source):
-    kf = _formats.read(source, _safe.Budget.like(like, layout))  # reads only like's shapes
+    kf = _formats.read(source, _safe.Budget.like(like))  # no array larger than like's
     file, names, arrays = kf.path, kf.names, kf.weights
   else:
     file, names, arrays = live_weights(source)

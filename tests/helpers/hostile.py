@@ -349,6 +349,17 @@ def _ckpt_dir_escape(d: pathlib.Path) -> str:
   return str(p)
 
 
+def _shard(target: Optional[str]) -> Callable:
+  """A checkpoint whose index has a TF table footer and whose data shard is a FIFO or a link."""
+  def build(d: pathlib.Path) -> str:
+    (d / "ckpt-1.index").write_bytes(bytes(40) + bytes.fromhex("57fb808b247547db"))
+    shard = d / "ckpt-1.data-00000-of-00001"
+    if not os.path.lexists(shard):
+      os.mkfifo(shard) if target is None else os.symlink(target, shard)
+    return str(d / "ckpt-1")
+  return build
+
+
 def _index_random(d: pathlib.Path) -> str:
   (d / "ckpt-1.index").write_bytes(np.random.RandomState(1).bytes(300))
   return str(d / "ckpt-1")
@@ -428,21 +439,26 @@ CASES: List[Case] = [
          "params", FF, r"/layers/dense/loop is /layers again \(a hard link\)"),
     # declared sizes
     Case("h5_huge_chunked", _h5_case(_huge((HUGE,), (1 << 20,))), "params", FF,
-         r"dataset /model_weights/dense/dense/kernel:0 declares shape \(536870912,\) float32, "
-         r"which no params leaf has"),
+         r"dataset /model_weights/dense/dense/kernel:0 declares shape \(536870912,\) float32 "
+         r"\(536870912 elements\), more than any leaf of like holds \(the largest of its 2 "
+         r"leaves has 12\); refused before reading it"),
     Case("h5_huge_contiguous", _h5_case(_huge((HUGE,), None)), "params", FF,
-         r"kernel:0 declares shape \(536870912,\) float32, which no params leaf has"),
+         r"kernel:0 declares shape \(536870912,\) float32 \(536870912 elements\), more than any "
+         r"leaf of like holds"),
     Case("h5_enormous_chunked", _h5_case(_huge((ENORMOUS,), (1 << 20,))), "params", FF,
-         r"kernel:0 declares shape \(1099511627776,\) float32"),
+         r"kernel:0 declares shape \(1099511627776,\) float32 \(1099511627776 elements\), more "
+         r"than any leaf"),
     Case("keras_huge_chunked", _h5_case(_huge((HUGE,), (1 << 20,)), keras=True), "params", FF,
-         r"dataset /layers/dense/vars/0 declares shape \(536870912,\) float32"),
+         r"dataset /layers/dense/vars/0 declares shape \(536870912,\) float32 .*more than any "
+         r"leaf of like holds"),
     Case("h5_huge_config_only", _h5_case(_huge((HUGE,), None)), "config", FF,
          r"kernel:0 declares 2147483648 bytes; .* passes the \d+ bytes this import may read "
          r"\(the file size\)"),
     Case("h5_unwritten_small", _h5_case(_huge((3, 4), (1, 4))), "params", FF,
          r"kernel:0 declares 48 bytes but stores 0 \(unwritten or cut off\)"),
     Case("h5_huge_state", _h5_case(_huge((HUGE,), (1 << 20,))), "state", FF,
-         r"kernel:0 declares shape \(536870912,\) float32, which no params leaf has"),
+         r"kernel:0 declares shape \(536870912,\) float32 \(536870912 elements\), more than any "
+         r"leaf of like holds"),
     # zip bombs and lying headers
     Case("keras_bomb_config", _bomb_member("config.json"), "params", FF,
          r"zip member 'config\.json' declares 1073741824 bytes .*decompression bomb"),
@@ -504,6 +520,10 @@ CASES: List[Case] = [
          r"ckpt_dir/checkpoint is a FIFO \(named pipe\)", no_tensorflow=True),
     Case("ckpt_dir_escapes", _ckpt_dir_escape, "params", FF,
          r"ckpt_dir/checkpoint points outside its directory", no_tensorflow=True),
+    Case("ckpt_shard_fifo", _shard(None), "params", FF,
+         r"ckpt-1\.data-00000-of-00001 is a FIFO \(named pipe\)", no_tensorflow=True),
+    Case("ckpt_shard_devzero", _shard("/dev/zero"), "params", FF,
+         r"ckpt-1\.data-00000-of-00001 is a character device", no_tensorflow=True),
     Case("ckpt_index_random", _index_random, "params", FF,
          r"ckpt-1\.index is not a TF checkpoint index", no_tensorflow=True),
     # torch readers

@@ -200,21 +200,31 @@ def test_open_regular_names_what_it_refuses(tmp_path):
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.lists(st.integers(1, 6), max_size=3).map(tuple), min_size=1, max_size=4),
-       st.lists(st.integers(0, 6), max_size=3).map(tuple), st.booleans())
-def test_budget_allows_only_like_shapes_within_five_copies(like_shapes, shape, by_size):
+       st.lists(st.integers(0, 6), max_size=3).map(tuple),
+       st.sampled_from([np.float16, np.float32, np.float64, np.int8]))
+def test_budget_allows_no_array_larger_than_likes_largest_leaf(like_shapes, shape, dtype):
   like = [np.zeros(s, np.float32) for s in like_shapes]
-  budget = _safe.Budget.like(like, layout=(lambda p, x: x) if by_size else None)
+  budget = _safe.Budget.like(like)
+  sizes = [int(np.prod(s)) for s in like_shapes]
   n = int(np.prod(shape))
-  fits = n <= 1 or (n in {int(np.prod(s)) for s in like_shapes} if by_size
-                    else shape in like_shapes)
   try:
-    budget.charge(shape, np.float32, "ds")
+    budget.charge(shape, dtype, "ds")
   except FileFormatError as e:
-    assert not fits and "which no params leaf has" in str(e)
+    assert n > max(max(sizes), 1)
+    assert re.search(rf"ds declares shape .*\({n} elements\), more than any leaf of like holds "
+                     rf"\(the largest of its {len(sizes)} leaves has {max(sizes)}\)", str(e))
   else:
-    assert fits
-  total = sum(int(np.prod(s)) for s in like_shapes) * 8 * _safe.COPIES + _safe.SCALAR_SLACK_BYTES
-  assert budget.total == total
+    assert n <= max(max(sizes), 1)
+  assert budget.total == sum(sizes) * 8 * _safe.COPIES + _safe.SCALAR_SLACK_BYTES
+
+
+def test_budget_total_is_five_copies_of_like():
+  budget = _safe.Budget.like([np.zeros((1000,), np.float32)])
+  for _ in range(5 + _safe.SCALAR_SLACK_BYTES // 8000):
+    budget.charge((1000,), np.float64, "ds")  # 5 copies at 8 bytes, and the slack
+  with pytest.raises(FileFormatError, match=r"ds declares 8000 bytes; with the \d+ read before, "
+                     r"that passes the \d+ bytes this import may read \(5 copies of like\)"):
+    budget.charge((1000,), np.float64, "ds")
 
 
 def test_pickle_globals_reads_stack_global_without_running_it():

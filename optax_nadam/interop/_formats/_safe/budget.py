@@ -15,52 +15,49 @@ from optax_nadam.interop._formats._types import FileFormatError
 
 
 class Budget:
-  """What a read may allocate: the shapes the import needs, and how many bytes in all.
+  """What a read may allocate: no array larger than `like` needs, and how many bytes in all.
 
-  `like` (an import's params) allows datasets of the shapes its leaves have
-  (with a `layout`, of the element counts, since a layout may reorder axes),
-  of a numeric dtype of at most 8 bytes, and at most `COPIES` copies of its
-  leaves at 8 bytes an element. Without `like`, the file's own size bounds the
-  bytes read.
+  `like` (an import's params) allows datasets of at most as many elements as
+  its largest leaf (a layout may reorder axes, not add elements), of a numeric
+  dtype of at most 8 bytes, and at most `COPIES` copies of its leaves at 8
+  bytes an element in all. The readers then match each array to its leaf by
+  position and compare shapes and dtypes exactly, with messages naming both.
+  Without `like`, the file's own size bounds the bytes read.
   """
 
-  def __init__(self, total_bytes: int, shapes: Optional[Sequence[Tuple[int, ...]]] = None,
-               by_size: bool = False):
-    self.total, self.used, self.by_size = total_bytes, 0, by_size
-    self.shapes = None if shapes is None else sorted(set(map(tuple, shapes)))
-    self.sizes = None if shapes is None else {math.prod(s) for s in self.shapes}
+  def __init__(self, total_bytes: int, max_elements: Optional[int] = None,
+               leaves: Optional[int] = None):
+    self.total, self.used = total_bytes, 0
+    self.max_elements, self.leaves = max_elements, leaves
 
   @classmethod
-  def like(cls, like: Any, layout: Any = None) -> "Budget":
+  def like(cls, like: Any) -> "Budget":
+    """The budget of an import into `like` (a params tree of arrays or ShapeDtypeStructs)."""
     import jax
 
-    shapes = [tuple(int(d) for d in np.shape(x)) for x in jax.tree.leaves(like)]
-    need = sum(math.prod(s) for s in shapes) * 8 * COPIES
-    return cls(need + SCALAR_SLACK_BYTES, shapes, by_size=layout is not None)
+    sizes = [math.prod(np.shape(x)) for x in jax.tree.leaves(like)]
+    need = sum(sizes) * 8 * COPIES
+    return cls(need + SCALAR_SLACK_BYTES, max(sizes, default=0), len(sizes))
 
   @classmethod
   def of_file(cls, nbytes: int) -> "Budget":
+    """Any shapes, at most `nbytes` (the file's size) plus the scalars' slack in all."""
     return cls(nbytes + SCALAR_SLACK_BYTES)
 
   def charge(self, shape: Tuple[int, ...], dtype: Any, where: str) -> None:
     """Counts a dataset about to be read, or refuses it before a byte is read."""
     n = math.prod(shape)
     nbytes = n * np.dtype(dtype).itemsize
-    if n > 1 and self.shapes is not None:
-      if not self.by_size and tuple(shape) not in self.shapes:
-        raise FileFormatError(
-            f"{where} declares shape {tuple(shape)} {np.dtype(dtype)}, which no params leaf has "
-            f"(like's shapes: {_few(self.shapes)}); refused before reading it.")
-      if self.by_size and n not in self.sizes:
-        raise FileFormatError(
-            f"{where} declares shape {tuple(shape)} ({n} elements), which no params leaf has "
-            f"(like's sizes: {_few(sorted(self.sizes))}; a layout may reorder axes, not change "
-            "the count); refused before reading it.")
+    if self.max_elements is not None and n > max(self.max_elements, 1):
+      raise FileFormatError(
+          f"{where} declares shape {tuple(shape)} {np.dtype(dtype)} ({n} elements), more than "
+          f"any leaf of like holds (the largest of its {self.leaves} leaves has "
+          f"{self.max_elements}); refused before reading it.")
     if self.used + nbytes > self.total:
       raise FileFormatError(
           f"{where} declares {nbytes} bytes; with the {self.used} read before, that passes the "
           f"{self.total} bytes this import may read "
-          f"({'5 copies of like' if self.shapes is not None else 'the file size'}).")
+          f"({'5 copies of like' if self.max_elements is not None else 'the file size'}).")
     self.used += nbytes
 
 
@@ -89,6 +86,7 @@ def reading(budget: Optional[Budget], where: str) -> Iterator[Budget]:
 
 
 def current() -> Tuple[Budget, str]:
+  """The budget and name of the read in progress (outside one: 1 MiB, "a file")."""
   r = _READING.get()
   return (r.budget, r.where) if r is not None else (Budget.of_file(0), "a file")
 
