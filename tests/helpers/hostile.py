@@ -509,7 +509,7 @@ CASES: List[Case] = [
     Case("truncated_keras", _truncated_keras, "params", FF, r"cut\.keras.*(damaged|past the end)"),
     Case("truncated_h5", _truncated_h5, "params", FF, r"cut\.h5.*truncated or damaged"),
     Case("directory", _directory, "params", "IsADirectoryError",
-         r"not_a_checkpoint is a directory but not a TF checkpoint", no_tensorflow=True),
+         r"^\S*not_a_checkpoint is a directory but not a TF checkpoint", no_tensorflow=True),
     Case("symlink_loop", _loop("loop.keras"), "params", FF, r"loop\.keras: a symlink loop",
          no_tensorflow=True),
     Case("fifo", lambda d: _fifo(d), "params", FF, r"pipe is a FIFO \(named pipe\), not a "
@@ -533,7 +533,8 @@ CASES: List[Case] = [
          r"empty\.pt' is not a readable torch\.save file"),
     Case("torch_truncated", _truncated_torch, "torch", "ValueError",
          r"cut\.pt' is not a readable torch\.save file"),
-    Case("torch_directory", _directory, "torch", "IsADirectoryError", r"is a directory"),
+    Case("torch_directory", _directory, "torch", "IsADirectoryError",
+         r"^\S*not_a_checkpoint is a directory; expected a file\.$"),
     Case("torch_fifo", lambda d: _fifo(d), "torch", FF, r"pipe is a FIFO"),
     Case("torch_symlink_loop", _loop("loop.pt"), "torch", FF, r"loop\.pt: a symlink loop"),
     Case("torch_dev_zero", _path("/dev/zero"), "torch", FF, r"is a character device"),

@@ -15,7 +15,6 @@ are variables are in a checkpoint: ``learning_rate``, ``beta_1``, ``beta_2``
 and ``decay`` (psi); epsilon and clipping are not.
 """
 
-import errno
 import glob
 import os
 import re
@@ -47,8 +46,8 @@ def _prefix(path: str) -> str:
     state = os.path.join(path, "checkpoint")
     if _safe.stat_path(state) is None:
       raise IsADirectoryError(
-          errno.EISDIR, f"{path} is a directory but not a TF checkpoint (no 'checkpoint' file) "
-          "or a SavedModel (no variables/variables.index); pass a checkpoint prefix.", path)
+          f"{path} is a directory but not a TF checkpoint (no 'checkpoint' file) or a "
+          "SavedModel (no variables/variables.index); pass a checkpoint prefix.")
     text = _safe.read_small(state, 1 << 16, "a TF 'checkpoint' file").decode("utf8", "replace")
     found = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text, re.M)
     if found is None:

@@ -13,7 +13,7 @@ def _os_error(path: str, e: OSError) -> Exception:
   if e.errno == errno.ELOOP:
     return FileFormatError(f"{path}: a symlink loop (too many levels of symbolic links).")
   if e.errno == errno.ENOENT:
-    return FileNotFoundError(errno.ENOENT, f"{path}: no such file or directory", path)
+    return FileNotFoundError(f"{path}: no such file or directory.")
   return e
 
 
@@ -35,7 +35,7 @@ def check_regular(path: str, st: os.stat_result) -> None:
   if stat.S_ISREG(st.st_mode):
     return
   if stat.S_ISDIR(st.st_mode):
-    raise IsADirectoryError(errno.EISDIR, f"{path} is a directory; expected a file", path)
+    raise IsADirectoryError(f"{path} is a directory; expected a file.")
   kind = next((name for test, name in KINDS if test(st.st_mode)), "not a regular file")
   raise FileFormatError(f"{path} is {kind}, not a regular file; only regular files are read.")
 
@@ -51,8 +51,7 @@ def open_regular(path: str) -> BinaryIO:
     fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
   except OSError as e:
     if e.errno == errno.EISDIR:
-      raise IsADirectoryError(errno.EISDIR, f"{path} is a directory; expected a file",
-                              path) from None
+      raise IsADirectoryError(f"{path} is a directory; expected a file.") from None
     raise _os_error(path, e) from None
   try:
     check_regular(path, os.fstat(fd))
