@@ -28,8 +28,8 @@ def read(path: str) -> KerasFile:
     with _safe.open_regular(path) as f, h5py.File(f, "r") as h5:
       _safe.vet_h5(h5, path)
       return _legacy_from_h5(path, h5)
-  except OSError as e:
-    if isinstance(e, (FileNotFoundError, IsADirectoryError)):
+  except (OSError, RuntimeError, ValueError) as e:  # what h5py / HDF5 raise on damage
+    if isinstance(e, (FileFormatError, FileNotFoundError, IsADirectoryError)):
       raise
     raise damaged(path, "an HDF5 file", e) from None
 

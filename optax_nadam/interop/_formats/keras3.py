@@ -183,7 +183,7 @@ def read(path: str) -> KerasFile:
           h5py.File(blob, "r") as h5, _safe.reading(None, where):
         _safe.vet_h5(h5, where)
         return _keras3_from_h5(path, config, h5)
-  except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+  except (zipfile.BadZipFile, EOFError, OSError, ValueError, RuntimeError) as e:
     if isinstance(e, (FileFormatError, FileNotFoundError, IsADirectoryError)):
       raise
     raise damaged(path, "a Keras 3 archive (zip)", e) from None
