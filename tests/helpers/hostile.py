@@ -180,6 +180,11 @@ CASES: List[Case] = [
     Case("torch_fifo", lambda d: make.fifo(d), "torch", FF, r"pipe is a FIFO"),
     Case("torch_symlink_loop", make.loop("loop.pt"), "torch", FF, r"loop\.pt: a symlink loop"),
     Case("torch_dev_zero", make.path("/dev/zero"), "torch", FF, r"is a character device"),
+    Case("torch_zip_bomb", make.torch_bomb, "torch", FF,
+         r"bomb\.pt': zip member '.*data/0' declares 1073741824 bytes .*decompression bomb"),
+    Case("torch_huge_storage", make.torch_huge_storage, "torch", "ValueError",
+         r"huge\.pt' is not a readable torch\.save file .*record size \(\d+ bytes\) does not "
+         r"match expected size \(2147483648 bytes"),
     Case("torch_raw_pickle", make.raw_pickle, "torch", "ValueError",
          r"evil\.pt' holds Python objects .*calls posix\.system"),
     Case("torch_zip_pickle", make.zip_pickle, "torch", "ValueError",

@@ -17,7 +17,9 @@ from tests.helpers.hostile_files import (
   keras_h5_bytes,
   keras_zip,
   legacy_h5,
+  stored,
   write_secret,
+  zip_bytes,
 )
 
 
@@ -241,6 +243,31 @@ def torch_ok(d: pathlib.Path) -> str:
   p = d / "ok.pt"
   torch.save({"kernel": torch.tensor(KERNEL), "bias": torch.tensor(BIAS)}, p)
   return str(p)
+
+
+def _torch_members(d: pathlib.Path):
+  import zipfile
+
+  with zipfile.ZipFile(torch_ok(d)) as z:
+    return [(i.filename, z.read(i.filename)) for i in z.infolist()]
+
+
+def torch_bomb(d: pathlib.Path) -> str:
+  """A torch.save zip whose tensor data member inflates to 1 GiB (torch expands it whole)."""
+  members = [bomb(n) if n.endswith("data/0") else stored(n, b) for n, b in _torch_members(d)]
+  (d / "bomb.pt").write_bytes(zip_bytes(members))
+  return str(d / "bomb.pt")
+
+
+def torch_huge_storage(d: pathlib.Path) -> str:
+  """data.pkl declares a storage of 2**29 elements; the data member holds 48 bytes."""
+  members = []
+  for n, b in _torch_members(d):
+    if n.endswith("data.pkl"):
+      b = b.replace(b"K\x0c", b"J" + (1 << 29).to_bytes(4, "little"), 1)
+    members.append(stored(n, b))
+  (d / "huge.pt").write_bytes(zip_bytes(members))
+  return str(d / "huge.pt")
 
 
 def truncated_torch(d: pathlib.Path) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 
 from optax_nadam.interop._arrays import to_array
 from optax_nadam.interop._formats import _safe
+from optax_nadam.interop._formats._types import FileFormatError
 
 MODEL_KEYS = ("model", "model_state_dict", "state_dict")
 OPTIMIZER_KEYS = ("optimizer", "optim", "optimizer_state_dict")
@@ -86,9 +87,14 @@ def load(path: Any) -> Any:
     raise FileNotFoundError(f"torch checkpoint {name!r} does not exist.") from None
   with f:
     try:
+      if f.read(4) == b"PK\x03\x04":  # a torch.save zip: every member's sizes checked first
+        _safe.open_zip(f, repr(name)).close()
+      f.seek(0)
       return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, KeyError)
       reason = str(e)
+      if isinstance(e, FileFormatError):  # refused by _safe before torch read a byte
+        raise
       if "Weights only load failed" not in reason:
         raise ValueError(
             f"{name!r} is not a readable torch.save file (another format, or truncated): "
