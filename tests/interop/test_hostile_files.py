@@ -285,3 +285,33 @@ def test_a_damaged_keras_archive_gives_the_exact_weights_or_a_value_error(
     return
   np.testing.assert_array_equal(np.asarray(got[0]), hostile.KERNEL)
   np.testing.assert_array_equal(np.asarray(got[1]), hostile.BIAS)
+
+
+_TF_WRITER = """
+import sys
+import tensorflow as tf
+ckpt = tf.train.Checkpoint(v=tf.Variable(tf.zeros([4096])), w=tf.Variable(tf.ones([3, 4])))
+print(ckpt.save(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+def test_tf_checkpoint_variable_larger_than_like_is_refused_before_reading(tmp_path):
+  """A real TF checkpoint: its directory is resolved without TF, its variables checked by size."""
+  import subprocess
+
+  import jax.numpy as jnp
+
+  from optax_nadam import interop
+
+  out = subprocess.run([sys.executable, "-c", _TF_WRITER, str(tmp_path / "ckpt" / "c")],
+                       env=_subproc.script_env(1), capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  like = [jnp.zeros((3, 4), jnp.float32)]
+  with pytest.raises(FileFormatError, match=r"ckpt: variable v/\.ATTRIBUTES/VARIABLE_VALUE "
+                     r"declares shape \(4096,\) float32 \(4096 elements\), more than any leaf of "
+                     r"like holds \(the largest of its 1 leaves has 12\)"):
+    interop.params_from_keras(tmp_path / "ckpt", like)
+  got = interop.params_from_keras(tmp_path / "ckpt", [jnp.zeros((4096,)), jnp.zeros((3, 4))])
+  np.testing.assert_array_equal(np.asarray(got[0]), np.zeros(4096))  # the same file, read
+  np.testing.assert_array_equal(np.asarray(got[1]), np.ones((3, 4)))
