@@ -15,6 +15,7 @@ import optax
 from optax_nadam import _tree
 from optax_nadam.interop import _formats
 from optax_nadam.interop._check import PeerHyperparams
+from optax_nadam.interop._formats import _config, _safe
 from optax_nadam.interop._keras import hyper as keras_hyper
 from optax_nadam.interop._keras.file_state import Layout, file_state, laid_out, not_nadam
 from optax_nadam.interop._keras.live import (
@@ -120,7 +121,8 @@ def state_from_keras(
   if _is_path(source):
     if var_list is not None:
       raise TypeError("var_list matches live variables; a file's variables come in its order.")
-    return file_state(_formats.read(source), tx, params, layout, **kwargs)
+    return file_state(_formats.read(source, _safe.Budget.like(params)), tx, params,
+                      layout, **kwargs)
   optimizer = source
   kind = keras_kind(optimizer)
   paths = param_paths(params)
@@ -198,7 +200,7 @@ def params_from_keras(source: Any, like: optax.Params, *,
       file, the variable and the params leaf path.
   """
   if _is_path(source):
-    kf = _formats.read(source)
+    kf = _formats.read(source, _safe.Budget.like(like))  # no array larger than like's
     file, names, arrays = kf.path, kf.names, kf.weights
   else:
     file, names, arrays = live_weights(source)
@@ -243,13 +245,15 @@ def optimizer_config_from_keras(source: Any) -> dict:
 
   Raises:
     FileNotFoundError: no file at `source`.
-    ValueError: another format, a damaged file, or no optimizer saved.
+    ValueError: another format, a damaged file, no optimizer saved, or an
+      optimizer class that is not one of Keras's (e.g. ``os.system``).
   """
   if not _is_path(source):
     return dict(source.get_config())
   kf = _formats.read(source)
   if kf.optimizer is None:
     raise not_nadam(kf)
+  _config.check_keras_optimizer(kf.optimizer, kf.path)
   return dict(kf.config)
 
 

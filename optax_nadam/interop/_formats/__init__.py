@@ -19,9 +19,10 @@ and config when the file has them.
 """
 
 import os
-from typing import Any
+import stat
+from typing import Any, Callable, Optional
 
-from optax_nadam.interop._formats import h5_legacy, keras3, tf_checkpoint
+from optax_nadam.interop._formats import _safe, h5_legacy, keras3, tf_checkpoint
 from optax_nadam.interop._formats._types import (
     HDF5_MAGIC,
     ZIP_MAGIC,
@@ -32,35 +33,52 @@ from optax_nadam.interop._formats._types import (
 __all__ = ["FileFormatError", "KerasFile", "read"]
 
 
-def read(path: Any) -> KerasFile:
+def read(path: Any, budget: Optional[_safe.Budget] = None) -> KerasFile:
   """Reads a Keras 3 archive, a tf-keras ``.h5`` model or a TF checkpoint.
 
   Args:
     path: a ``.keras`` file, an ``.h5`` file, a TF checkpoint prefix (or its
       ``.index`` file), a directory holding a ``checkpoint`` file, or a
       SavedModel directory.
+    budget: what the import may read (`_safe.Budget.like(like)`: datasets of
+      like's shapes only); None: at most the file's own size.
 
   Returns:
     A `KerasFile`.
 
   Raises:
     FileNotFoundError: nothing at `path` (nor a checkpoint with that prefix).
-    FileFormatError: another format, a truncated or damaged file.
+    IsADirectoryError: a directory that is not a TF checkpoint.
+    FileFormatError: another format, a truncated, damaged or unsafe file (a
+      FIFO or device, a symlink loop, external data, a dataset or zip member
+      larger than the import needs; see `_safe`).
   """
   path = os.fspath(path)
-  if os.path.isdir(path) or os.path.exists(path + ".index") or path.endswith(".index"):
-    return tf_checkpoint.read(path)
-  if not os.path.exists(path):
+  st = _safe.stat_path(path)
+  if (st is not None and stat.S_ISDIR(st.st_mode)) or path.endswith(".index") or (
+      st is None and _safe.stat_path(path + ".index") is not None):
+    return _as_format_error(path, lambda: tf_checkpoint.read(path, budget))
+  if st is None:
     raise FileNotFoundError(
         f"{path}: no such file, directory or TF checkpoint prefix (no {path}.index).")
-  with open(path, "rb") as f:
+  with _safe.open_regular(path) as f:
     head = f.read(8)
-  if head.startswith(ZIP_MAGIC):
-    return keras3.read(path)
-  if head == HDF5_MAGIC:
-    return h5_legacy.read(path)
-  raise FileFormatError(
-      f"{path} is not a Keras 3 archive (.keras, a zip), a tf-keras HDF5 model (.h5) or a "
-      f"TF checkpoint (it starts with {head!r}).")
+    size = os.fstat(f.fileno()).st_size
+  reader = keras3.read if head.startswith(ZIP_MAGIC) else h5_legacy.read \
+      if head == HDF5_MAGIC else None
+  if reader is None:
+    raise FileFormatError(
+        f"{path} is not a Keras 3 archive (.keras, a zip), a tf-keras HDF5 model (.h5) or a "
+        f"TF checkpoint (it starts with {head!r}).")
+  with _safe.reading(budget or _safe.Budget.of_file(size), path):
+    return _as_format_error(path, lambda: reader(path))
 
 
+def _as_format_error(path: str, read_file: Callable[[], KerasFile]) -> KerasFile:
+  """Runs a reader; a structure it did not expect (a missing key, a wrong type) is refused."""
+  try:
+    return read_file()
+  except (KeyError, IndexError, TypeError, AttributeError, RecursionError) as e:
+    raise FileFormatError(
+        f"{path} does not have the structure its format promises ({type(e).__name__}: "
+        f"{e}); is it damaged or hand-made?") from e

@@ -41,7 +41,10 @@ def h5py_module():
 
 
 def array(ds: Any) -> np.ndarray:
-  return np.array(ds[()], copy=True)
+  """A dataset's values, vetted and within the read's budget (`_safe.read_dataset`)."""
+  from optax_nadam.interop._formats import _safe  # _safe imports this module
+
+  return _safe.read_dataset(ds)
 
 
 def damaged(path: str, what: str, err: Exception) -> FileFormatError:

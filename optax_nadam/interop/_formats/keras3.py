@@ -9,12 +9,11 @@ in ``model.layers`` order: ``dense``, ``dense_1``, ...), the optimizer's under
 not exist here.
 """
 
-import io
-import json
 import re
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
+from optax_nadam.interop._formats import _config, _safe
 from optax_nadam.interop._formats._types import (
   FileFormatError,
   KerasFile,
@@ -168,25 +167,26 @@ def read(path: str) -> KerasFile:
   variables in their saved order; a layer's group is named after its class, and
   the classes are never imported.
   """
+  h5py = h5py_module()
   try:
-    with zipfile.ZipFile(path) as zf:
+    with _safe.open_regular(path) as f, _safe.open_zip(f, path) as zf:
       names = zf.namelist()
       if "config.json" not in names or "model.weights.h5" not in names:
         raise FileFormatError(
             f"{path} is a zip but not a Keras 3 archive with its weights inside (it holds "
             f"{names[:6]}; a .keras file has config.json and model.weights.h5).")
-      config = json.loads(zf.read("config.json"))
-      blob = zf.read("model.weights.h5")
-  except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-    if isinstance(e, FileFormatError):
+      config = _safe.load_json(_safe.read_member(zf, "config.json", _safe.MAX_JSON_BYTES, path),
+                               f"{path}: config.json")
+      _config.check_model_config(config, f"{path}: config.json")
+      where = f"{path}: model.weights.h5"
+      with _safe.member_file(zf, f, "model.weights.h5", path) as blob, \
+          h5py.File(blob, "r") as h5, _safe.reading(None, where):
+        _safe.vet_h5(h5, where)
+        return _keras3_from_h5(path, config, h5)
+  except (zipfile.BadZipFile, EOFError, OSError, ValueError, RuntimeError) as e:
+    if isinstance(e, (FileFormatError, FileNotFoundError, IsADirectoryError)):
       raise
     raise damaged(path, "a Keras 3 archive (zip)", e) from None
-  h5py = h5py_module()
-  try:
-    with h5py.File(io.BytesIO(blob), "r") as h5:
-      return _keras3_from_h5(path, config, h5)
-  except OSError as e:
-    raise damaged(path, "a Keras 3 archive", e) from None
 
 
 def _optimizer_spec(path: str, config: Dict[str, Any]) -> Tuple[Optional[str], Dict[str, Any]]:
@@ -197,7 +197,7 @@ def _optimizer_spec(path: str, config: Dict[str, Any]) -> Tuple[Optional[str], D
     return opt, {}
   if not isinstance(opt, dict) or not isinstance(opt.get("config"), dict):
     raise FileFormatError(f"{path}: compile_config.optimizer is not a Keras config: {opt!r}")
-  return str(opt.get("class_name")), dict(opt["config"])
+  return _config.optimizer_name(opt), dict(opt["config"])
 
 
 def _keras3_from_h5(path: str, config: Dict[str, Any], h5: Any) -> KerasFile:

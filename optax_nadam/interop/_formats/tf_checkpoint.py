@@ -15,53 +15,102 @@ are variables are in a checkpoint: ``learning_rate``, ``beta_1``, ``beta_2``
 and ``decay`` (psi); epsilon and clipping are not.
 """
 
+import glob
 import os
-from typing import Any, Dict, List
+import re
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from optax_nadam.interop._formats import _safe
 from optax_nadam.interop._formats._types import FileFormatError, KerasFile
 
 _GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _HYPER = ("learning_rate", "beta_1", "beta_2", "decay", "epsilon")
+_TABLE_MAGIC = bytes.fromhex("57fb808b247547db")  # the footer of a TF table (.index) file
 
 
 def _prefix(path: str) -> str:
-  """The checkpoint prefix for a prefix, an ``.index`` file or a directory."""
+  """The checkpoint prefix for a prefix, an ``.index`` file or a directory.
+
+  A directory is resolved without TensorFlow: its SavedModel
+  ``variables/variables.index``, or the prefix its ``checkpoint`` file names
+  (which must stay inside the directory).
+  """
   if path.endswith(".index"):
     return path[:-len(".index")]
   if os.path.isdir(path):
     saved_model = os.path.join(path, "variables", "variables")
-    if os.path.exists(saved_model + ".index"):
+    if _safe.stat_path(saved_model + ".index") is not None:
       return saved_model
-    import tensorflow as tf
-
-    latest = tf.train.latest_checkpoint(path)
-    if latest is None:
-      raise FileNotFoundError(
-          f"{path} is a directory without a TF checkpoint (no 'checkpoint' file) or a "
-          "SavedModel (no variables/variables.index).")
-    return latest
+    state = os.path.join(path, "checkpoint")
+    if _safe.stat_path(state) is None:
+      raise IsADirectoryError(
+          f"{path} is a directory but not a TF checkpoint (no 'checkpoint' file) or a "
+          "SavedModel (no variables/variables.index); pass a checkpoint prefix.")
+    text = _safe.read_small(state, 1 << 16, "a TF 'checkpoint' file").decode("utf8", "replace")
+    found = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text, re.M)
+    if found is None:
+      raise FileFormatError(f"{state} names no model_checkpoint_path.")
+    name = found.group(1).encode("latin-1", "replace").decode("unicode_escape", "replace")
+    root = os.path.realpath(path)
+    prefix = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, prefix]) != root:
+      raise FileFormatError(f"{state} points outside its directory ({name!r}); refused.")
+    return prefix
   return path
 
 
-def read(path: str) -> KerasFile:
+def _vet_files(path: str, prefix: str) -> int:
+  """Checks the index and data shards are regular files; their total size (no TensorFlow)."""
+  index = prefix + ".index"
+  with _safe.open_regular(index) as f:
+    size = os.fstat(f.fileno()).st_size
+    f.seek(max(size - 8, 0))
+    if size < 48 or f.read(8) != _TABLE_MAGIC:
+      raise FileFormatError(f"{index} is not a TF checkpoint index (no table footer); is {path} "
+                            "truncated or damaged?")
+  total = size
+  for shard in glob.glob(glob.escape(prefix) + ".data-*"):
+    with _safe.open_regular(shard) as f:
+      total += os.fstat(f.fileno()).st_size
+  return total
+
+
+def _dtype(tf_dtype: Any) -> np.dtype:
+  try:
+    return np.dtype(tf_dtype.as_numpy_dtype)
+  except (AttributeError, TypeError):
+    return np.dtype(np.float64)  # bfloat16 and other types numpy lacks: 8 bytes at most
+
+
+def read(path: str, budget: Optional[_safe.Budget] = None) -> KerasFile:
   """Reads a TF checkpoint of a tf-keras model and legacy Nadam (module docstring).
 
   Args:
     path: a checkpoint prefix, its ``.index`` file, a directory with a
       ``checkpoint`` file, or a SavedModel directory.
+    budget: what may be read (`_safe.Budget`); None: at most the files' size.
 
   Returns:
     A `KerasFile` of kind ``"legacy"``.
 
   Raises:
     FileNotFoundError: no checkpoint there.
-    FileFormatError: not a TF checkpoint, a damaged one, or no object graph.
+    IsADirectoryError: a directory that is not a checkpoint (found without TensorFlow).
+    FileFormatError: not a TF checkpoint, a damaged one, or no object graph; a
+      file that is not regular, a ``checkpoint`` file pointing outside its
+      directory, a variable larger than `budget` allows.
   """
   prefix = _prefix(path)
-  if not os.path.exists(prefix + ".index"):
+  if _safe.stat_path(prefix + ".index") is None:
     raise FileNotFoundError(f"{path}: no TF checkpoint (no {prefix}.index).")
+  size = _vet_files(path, prefix)
+  with _safe.reading(budget or _safe.Budget.of_file(size), path) as limit:
+    return _read(path, prefix, limit)
+
+
+def _read(path: str, prefix: str, budget: _safe.Budget) -> KerasFile:
   import tensorflow as tf
   from tensorflow.core.protobuf import trackable_object_graph_pb2
 
@@ -69,6 +118,7 @@ def read(path: str) -> KerasFile:
     reader = tf.train.load_checkpoint(prefix)
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor(_GRAPH_KEY))
+    shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
   except (tf.errors.OpError, ValueError, IndexError) as e:
     raise FileFormatError(
         f"{path} cannot be read as a TF checkpoint with its object graph ({type(e).__name__}: "
@@ -79,6 +129,8 @@ def read(path: str) -> KerasFile:
             if a.name == "VARIABLE_VALUE"]
     if not keys:
       raise FileFormatError(f"{path}: object graph node {node_id} holds no variable.")
+    budget.charge(tuple(shapes.get(keys[0], ())), _dtype(dtypes.get(keys[0])),
+                  f"{path}: variable {keys[0]}")
     try:
       return np.array(reader.get_tensor(keys[0]), copy=True)
     except (tf.errors.OpError, IndexError) as e:

@@ -15,6 +15,8 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from optax_nadam.interop._arrays import to_array
+from optax_nadam.interop._formats import _safe
+from optax_nadam.interop._formats._types import FileFormatError
 
 MODEL_KEYS = ("model", "model_state_dict", "state_dict")
 OPTIMIZER_KEYS = ("optimizer", "optim", "optimizer_state_dict")
@@ -71,35 +73,53 @@ def load(path: Any) -> Any:
 
   Raises:
     FileNotFoundError: no such file (naming it).
+    IsADirectoryError: a directory.
     ValueError: not a torch file, truncated, or refused by ``weights_only``
-      because it holds other Python objects (the reason torch gave is quoted).
+      because it holds other Python objects (naming what its pickle calls);
+      a FIFO, device or symlink loop (`_safe.open_regular`).
   """
   import torch
 
   name = os.fspath(path)
-  if not os.path.exists(name):
-    raise FileNotFoundError(f"torch checkpoint {name!r} does not exist.")
-  if os.path.isdir(name):
-    raise ValueError(f"torch checkpoint {name!r} is a directory; expected a torch.save file.")
   try:
-    return torch.load(name, map_location="cpu", weights_only=True)
-  except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, KeyError)
-    reason = str(e)
-    if "Weights only load failed" in reason:
-      detail = next((line.strip() for line in reason.splitlines()
-                     if "GLOBAL" in line or "WeightsUnpickler error" in line),
-                    reason.splitlines()[0])
-      raise ValueError(
-          f"{name!r} holds Python objects other than tensors, dicts, lists and numbers, "
-          f"so torch.load(weights_only=True) refused it (unpickling them could run code): "
-          f"{detail} Re-save the state dicts alone, e.g. torch.save({{'model': "
-          "model.state_dict(), 'optimizer': opt.state_dict()}, path); or, if you trust "
-          "the file, load it yourself and pass the dicts."
-      ) from None
+    f = _safe.open_regular(name)  # refuses a FIFO, device or symlink loop without blocking
+  except FileNotFoundError:
+    raise FileNotFoundError(f"torch checkpoint {name!r} does not exist.") from None
+  with f:
+    try:
+      if f.read(4) == b"PK\x03\x04":  # a torch.save zip: every member's sizes checked first
+        _safe.open_zip(f, repr(name)).close()
+      f.seek(0)
+      return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, KeyError)
+      reason = str(e)
+      if isinstance(e, FileFormatError):  # refused by _safe before torch read a byte
+        raise
+      if "Weights only load failed" not in reason:
+        raise ValueError(
+            f"{name!r} is not a readable torch.save file (another format, or truncated): "
+            f"{type(e).__name__}: {reason.splitlines()[0] if reason else ''}"
+        ) from None
+      calls = _safe.pickle_globals(f)
+  detail = next((line.strip() for line in reason.splitlines()
+                 if "GLOBAL" in line or "WeightsUnpickler error" in line),
+                reason.splitlines()[0])
+  outside = [g for g in calls if not g.startswith(("torch.", "collections.", "_codecs."))]
+  if not outside and "GLOBAL" not in detail:  # no callable found: damaged, not malicious
+    stop = reason.split("WeightsUnpickler error:")[-1].strip().splitlines()[0:1]
     raise ValueError(
-        f"{name!r} is not a readable torch.save file (another format, or truncated): "
-        f"{type(e).__name__}: {reason.splitlines()[0] if reason else ''}"
+        f"{name!r} is not a readable torch.save file (another format, or truncated): its "
+        f"pickle stops torch's restricted unpickler ({stop[0] if stop else detail})."
     ) from None
+  raise ValueError(
+      f"{name!r} holds Python objects other than tensors, dicts, lists and numbers, "
+      f"so torch.load(weights_only=True) refused it (unpickling them could run code): "
+      + (f"its pickle calls {', '.join(outside[:5])}" if outside else "")
+      + (f" ({detail}). " if outside and "GLOBAL" in detail else ". " if outside else f"{detail} ")
+      + "Re-save the state dicts alone, e.g. torch.save({'model': "
+      "model.state_dict(), 'optimizer': opt.state_dict()}, path); or, if you trust "
+      "the file, load it yourself and pass the dicts."
+  ) from None
 
 
 def open_source(source: Any) -> Tuple[Any, str]:
