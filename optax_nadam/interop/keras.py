@@ -5,22 +5,26 @@ Sources are live optimizers / models, or files read as plain data by
 """
 
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_nadam import _tree
 from optax_nadam.interop import _formats
-from optax_nadam.interop._check import PeerHyperparams
 from optax_nadam.interop._keras import hyper as keras_hyper
-from optax_nadam.interop._keras.file_state import Layout, file_state, laid_out, not_nadam
+from optax_nadam.interop._keras import resume, weights
+from optax_nadam.interop._keras.file_state import (
+  Layout,
+  build_checked,
+  file_state,
+  laid_out,
+  not_nadam,
+)
 from optax_nadam.interop._keras.live import (
   keras_kind,
   legacy_slot_vars,
   live_weights,
+  unwrap,
   v3_extras,
   v3_slot_vars,
   value,
@@ -29,7 +33,6 @@ from optax_nadam.interop._keras.live import (
 from optax_nadam.interop._state import (
   PeerExtras,
   PeerSlot,
-  build_state,
   param_paths,
   read_state,
   to_scalar,
@@ -38,6 +41,64 @@ from optax_nadam.interop._state import (
 
 def _is_path(source: Any) -> bool:
   return isinstance(source, (str, bytes, os.PathLike))
+
+
+def resume_from_keras(
+    source: Any,
+    like: optax.Params,
+    *,
+    layout: Optional[Layout] = None,
+    config: Optional[dict] = None,
+) -> Tuple[optax.Params, optax.GradientTransformation, optax.OptState]:
+  """Continues a Keras run: ``(params, tx, opt_state)`` from its file or live model.
+
+  ``tx.update(grads, opt_state, params)`` then takes the peer's next step. tx
+  is the Keras front, `optax_nadam.keras.Nadam`, built from the peer's own
+  optimizer config: learning rate or schedule (at the real step count),
+  betas, epsilon, the momentum schedule (Keras 3 and ``tf_keras.optimizers.Nadam``:
+  ``schedule_decay=1.0``; tf-keras legacy: its stored ``decay``), clipping,
+  weight decay, EMA and gradient accumulation (mid-cycle too). The file is
+  read once.
+
+  Pairing (which moment is whose) is proven or refused: ``.keras`` files of
+  Sequential and Functional models keep ``model.layers`` order (their config
+  lists it) and the optimizer's order is ``model.trainable_variables``
+  (Keras 3.0-3.9 and 3.10+ layouts told apart by ``metadata.json``); a
+  subclassed model's ``.keras`` stores its layers alphabetically by attribute
+  and is refused (pass the live model instead); tf-keras ``.h5`` slots name
+  their weights; TF checkpoint slots link to their variables in the object
+  graph, and the variables come in tf-keras's ``trainable_variables`` order.
+  A ``LossScaleOptimizer`` (mixed precision) is unwrapped: its inner Nadam
+  continues (the loss scale changes no float32 step).
+
+  Args:
+    source: a path (``.keras`` from Keras 3.0 onwards, tf-keras ``.h5``, a TF
+      checkpoint prefix or directory, a SavedModel directory), or a compiled
+      Keras model after training (variables paired by identity).
+    like: the params tree (arrays or ``jax.ShapeDtypeStruct``): its i-th leaf
+      is the model's i-th trainable variable (``model.trainable_variables``
+      order).
+    layout: optional ``(params_leaf_path, array) -> array`` applied to every
+      weight and moment (e.g. to transpose convolution kernels).
+    config: only for what the source does not store: a TF checkpoint has no
+      epsilon or clipping; pass the peer's ``optimizer.get_config()`` (or at
+      least ``{"epsilon": ...}``). Keys the source states must agree.
+
+  Returns:
+    ``(params, tx, opt_state)``: params shaped like `like`, the
+    `optax_nadam.keras.Nadam`, and its filled state.
+
+  Raises:
+    FileNotFoundError: no file at `source`.
+    TypeError: `source` is neither a path nor a compiled Keras model.
+    ValueError: another format or optimizer, a damaged file, a pairing the
+      file does not prove (a subclassed model's ``.keras``), a TF checkpoint
+      without `config`, or a count / shape / dtype / value that does not fit
+      (the message names the file, the variable and the params leaf).
+  """
+  if _is_path(source):
+    return resume.resume_file(source, like, layout, config)
+  return resume.resume_live(source, like, layout, config)
 
 
 def state_from_keras(
@@ -121,7 +182,7 @@ def state_from_keras(
     if var_list is not None:
       raise TypeError("var_list matches live variables; a file's variables come in its order.")
     return file_state(_formats.read(source), tx, params, layout, **kwargs)
-  optimizer = source
+  optimizer = unwrap(source)
   kind = keras_kind(optimizer)
   paths = param_paths(params)
   n = len(paths)
@@ -148,7 +209,6 @@ def state_from_keras(
     k = int(config.get("gradient_accumulation_steps") or 0)
     real = count * k + extras.mini_step if k else count
   hyper = keras_hyper.hyperparams(kind, config, real, "the Keras optimizer")
-  kwargs["hyperparams"] = [PeerHyperparams(**hyper)] * n
   slots = []
   for i in range(n):
     if pairs is None:
@@ -165,7 +225,8 @@ def state_from_keras(
     each = lambda xs: None if xs is None else [  # noqa: E731
         laid_out(layout, p, x, s.where) for p, x, s in zip(paths, xs, slots)]
     extras = extras._replace(accumulators=each(extras.accumulators), ema=each(extras.ema))
-  return build_state(tx, params, slots, extras=extras, **kwargs)
+  return build_checked(tx, params, slots, extras, hyper, config, "the Keras optimizer",
+                       **kwargs)
 
 
 def params_from_keras(source: Any, like: optax.Params, *,
@@ -199,31 +260,8 @@ def params_from_keras(source: Any, like: optax.Params, *,
   """
   if _is_path(source):
     kf = _formats.read(source)
-    file, names, arrays = kf.path, kf.names, kf.weights
-  else:
-    file, names, arrays = live_weights(source)
-  leaves, treedef = jax.tree.flatten(like)
-  paths = _tree.leaf_paths(like)
-  if len(arrays) != len(leaves):
-    raise ValueError(
-        f"{file} holds {len(arrays)} trainable weights ({names[:5]}"
-        f"{' ...' if len(names) > 5 else ''}) but like has {len(leaves)} leaves ({paths[:5]}"
-        f"{' ...' if len(paths) > 5 else ''}); they are matched one to one in order.")
-  out = []
-  for name, x, leaf, path in zip(names, arrays, leaves, paths):
-    where = f"{file}: Keras variable {name!r} (params leaf {path})"
-    x = laid_out(layout, path, x, where)
-    if tuple(x.shape) != tuple(leaf.shape):
-      raise ValueError(f"{where} has shape {tuple(x.shape)}; the params leaf has "
-                       f"{tuple(leaf.shape)}{' (after layout)' if layout else ''}.")
-    if np.dtype(x.dtype) != np.dtype(leaf.dtype):
-      raise ValueError(f"{where} has dtype {x.dtype}; the params leaf has {leaf.dtype}.")
-    if not np.all(np.isfinite(x)):
-      raise ValueError(f"{where} holds NaN or Inf.")
-    sharding = getattr(leaf, "sharding", None)
-    x = np.array(x, copy=True)
-    out.append(jax.device_put(x, sharding) if sharding is not None else jnp.asarray(x))
-  return jax.tree.unflatten(treedef, out)
+    return weights.place(kf.path, kf.names, kf.weights, like, layout)
+  return weights.place(*live_weights(source), like, layout)
 
 
 def optimizer_config_from_keras(source: Any) -> dict:
