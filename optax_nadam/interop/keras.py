@@ -204,6 +204,13 @@ def state_from_keras(
     b1, psi = float(optimizer.beta_1), 1.0
     built = getattr(optimizer, "_u_product", None) is not None
     mu_product = to_scalar(value(optimizer._u_product), "optimizer u_product") if built else 1.0
+    if built and count > 0 and float(mu_product) == 1.0:
+      raise ValueError(
+          f"The Keras Nadam{' inside the LossScaleOptimizer' if optimizer is not source else ''}"
+          f" has taken {count} steps but its u-product is still 1.0: it never advanced (a "
+          "LossScaleOptimizer under the JAX backend does not carry it through the train "
+          "step), so its steps are not Nadam's and cannot be continued. params_from_keras "
+          "reads the weights.")
     pairs = v3_slot_vars(optimizer, n, var_list) if built else None
     extras = v3_extras(optimizer, n, var_list, count) if built else PeerExtras()
     k = int(config.get("gradient_accumulation_steps") or 0)

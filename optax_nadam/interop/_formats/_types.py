@@ -29,6 +29,7 @@ class KerasFile(NamedTuple):
   accumulators: Optional[List[np.ndarray]] = None
   ema: Optional[List[np.ndarray]] = None
   wrapper: Optional[str] = None  # "LossScaleOptimizer" when the Nadam is wrapped in one
+  unusable: Optional[str] = None  # why the Nadam state cannot be continued (weights still can)
 
 
 class FileFormatError(ValueError):

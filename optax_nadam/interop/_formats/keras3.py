@@ -87,15 +87,14 @@ def _keras3_from_h5(path: str, config: Dict[str, Any], meta: Dict[str, Any],
     return KerasFile(path, "v3", name, opt_cfg, [p for p, _ in picked],
                      [array(d) for _, d in picked], count=0 if unbuilt else None,
                      wrapper=spec.wrapper)
-  slots = keras3_optimizer.nadam_slots(path, opt_vars, opt_cfg, keras3_optimizer.version(meta))
+  version = keras3_optimizer.version(meta)
+  slots = keras3_optimizer.nadam_slots(path, opt_vars, opt_cfg, version)
   picked = keras3_layers.line_up(units, [tuple(m.shape) for m in slots.m], path)
   k = int(opt_cfg.get("gradient_accumulation_steps") or 0)
   count = slots.real_steps // k if k else slots.real_steps
-  u = slots.u_product
-  if u is None:  # not saved inside a LossScaleOptimizer: the schedule's product
-    u = keras3_optimizer.u_product(float(opt_cfg.get("beta_1", 0.9)), count)
   return KerasFile(
       path, "v3", opt_name, opt_cfg, [p for p, _ in picked], [array(d) for _, d in picked],
-      count=count, mu_product=u, m=slots.m, v=slots.v,
+      count=count, mu_product=slots.u_product, m=slots.m, v=slots.v,
       mini_step=slots.real_steps % k if k else 0, accumulators=slots.accumulators,
-      ema=slots.ema, wrapper=spec.wrapper)
+      ema=slots.ema, wrapper=spec.wrapper,
+      unusable=keras3_optimizer.unusable(path, slots, opt_cfg, spec.wrapper, version))

@@ -11,20 +11,25 @@ with Keras 3.10 (``metadata.json`` has ``keras_version``):
 - Keras 3.10 onwards: ``iteration``, ``learning_rate``, all EMA averages, all
   accumulators, the pairs, then the u-product.
 
+Before Keras 3.5, ``iterations`` counted every call with gradient
+accumulation, and the Nadam stepped with t = that count (3, 6, ... for k = 3),
+not the number of applied steps as since 3.5 (and `optax_nadam.keras.Nadam`):
+such a run's state is refused (`unusable`).
+
 A `LossScaleOptimizer` (``keras.mixed_precision``; ``compile`` wraps the
 optimizer under a ``mixed_float16`` policy) saves its own variables
 (``iteration``, ``learning_rate``, ``step_counter``, ``dynamic_scale``, and
 in 3.0-3.9 copies of the inner ones) and the inner optimizer's under
 ``optimizer/inner_optimizer/vars``; its config holds the inner one's under
-``inner_optimizer``. Inside it the u-product is not tracked, so not saved: it
-is the product of the momentum schedule over the steps, recomputed from the
-step count exactly as Keras multiplies it (float32, step by step).
+``inner_optimizer``. Inside it the Nadam's u-product is not among
+``optimizer.variables``, so it is not saved, and under the JAX backend (a
+stateless train step over ``optimizer.variables``) it never advances: it stays
+1.0, and the run's steps are not Nadam's. Which backend wrote a file is not
+recorded, so its state is refused (`unusable`); its weights read as usual.
 """
 
 import re
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
-
-import numpy as np
 
 from optax_nadam.interop._formats._types import FileFormatError, array
 
@@ -76,18 +81,6 @@ def version(meta: Dict[str, Any]) -> Optional[Tuple[int, int]]:
   return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def u_product(b1: float, count: int) -> float:
-  """Keras 3's u-product after `count` steps, multiplied as Keras does (float32).
-
-  ``u_t = b1 * (1 - 0.5 * 0.96 ** t)``; the product is kept in a float32 variable.
-  """
-  b1_32, product = np.float32(b1), np.float32(1.0)
-  for t in range(1, count + 1):
-    u_t = b1_32 * (np.float32(1.0) - np.float32(0.5) * np.power(np.float32(0.96), np.float32(t)))
-    product = np.float32(product * u_t)
-  return float(product)
-
-
 class Slots(NamedTuple):
   """The Nadam's state as saved, per model variable in the optimizer's order."""
 
@@ -97,6 +90,28 @@ class Slots(NamedTuple):
   u_product: Optional[float]  # None: not saved (inside a LossScaleOptimizer)
   ema: Optional[List[Any]]
   accumulators: Optional[List[Any]]
+
+
+def unusable(path: str, slots: "Slots", cfg: Dict[str, Any], wrapper: Optional[str],
+             keras_version: Tuple[int, int]) -> Optional[str]:
+  """Why the saved Nadam state cannot be continued by `optax_nadam.keras.Nadam`, or None."""
+  version_text = f"{keras_version[0]}.{keras_version[1]}"
+  if cfg.get("gradient_accumulation_steps") and keras_version < (3, 5):
+    return (f"{path} was written by Keras {version_text} with gradient_accumulation_steps: "
+            "before Keras 3.5 the Nadam counted every call as a step (t = 3, 6, ... for 3 "
+            "accumulated calls), where Keras 3.5+ and optax_nadam.keras.Nadam count applied "
+            "steps (t = 1, 2, ...), so that run's next step cannot be taken here. "
+            "params_from_keras still reads the weights.")
+  if slots.u_product is None:
+    return (f"{path} holds a keras.optimizers.Nadam inside a {wrapper or 'wrapper'} (mixed "
+            "precision). Keras 3 does not save that Nadam's u-product (the product of its "
+            "momentum schedule: it is not among optimizer.variables), and under the JAX "
+            "backend it never advances (it stays 1.0, so the run's steps are not Nadam's); "
+            "the file does not say which backend wrote it, so the step the run would take "
+            "next is not known. params_from_keras still reads the weights. To continue "
+            "with Nadam's own schedule, train on from those weights with a fresh state, or "
+            "wrap the Nadam in no LossScaleOptimizer (float32 training needs none).")
+  return None
 
 
 def nadam_slots(path: str, opt_vars: List[Any], cfg: Dict[str, Any],

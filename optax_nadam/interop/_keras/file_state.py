@@ -72,6 +72,8 @@ def file_state(kf, tx, params, layout, **kwargs) -> optax.OptState:
   fresh = kf.m is None and kf.count == 0  # a Nadam saved before its first step: no slots
   if kf.m is None and not fresh:
     raise not_nadam(kf)
+  if kf.unusable:
+    raise ValueError(kf.unusable)
   paths = param_paths(params)
   if not fresh and len(kf.m) != len(paths):
     raise ValueError(
