@@ -67,8 +67,9 @@ def _keras3_from_h5(path: str, config: Dict[str, Any], meta: Dict[str, Any],
   if loose:
     raise keras3_layers.unordered(path, loose)
   spec = keras3_optimizer.spec(path, config)
+  opt_vars, wrapper = keras3_optimizer.variables(h5, spec.wrapper)
+  spec = spec._replace(wrapper=wrapper)
   opt_name, opt_cfg = spec.name, spec.config
-  opt_vars = keras3_optimizer.variables(h5, spec.wrapper)
   lr_var = not isinstance(opt_cfg.get("learning_rate"), dict)
   unbuilt = len(opt_vars) == 1 + lr_var  # compiled, saved before the first step: no slots
   if not opt_vars or unbuilt or opt_name is None or opt_name.lower() != "nadam":

@@ -62,17 +62,24 @@ def spec(path: str, config: Dict[str, Any]) -> Spec:
   return Spec(str(opt.get("class_name")), dict(opt["config"]))
 
 
-def variables(h5: Any, wrapper: Optional[str]) -> List[Any]:
-  """The (inner) optimizer's saved variables, in their order."""
+def variables(h5: Any, wrapper: Optional[str]) -> Tuple[List[Any], Optional[str]]:
+  """The (inner) optimizer's saved variables in their order, and the wrapper's name.
+
+  Under a ``mixed_float16`` policy ``compile`` wraps the optimizer in a
+  LossScaleOptimizer but the config keeps the Nadam's: the file's
+  ``optimizer/inner_optimizer`` group tells.
+  """
   if "optimizer" not in h5:
-    return []
+    return [], wrapper
   group = h5["optimizer"]
-  if wrapper == LOSS_SCALE:
-    group = group["inner_optimizer"] if "inner_optimizer" in group else None
-  if group is None or "vars" not in group:
-    return []
+  if "inner_optimizer" in group:
+    group, wrapper = group["inner_optimizer"], wrapper or LOSS_SCALE
+  elif wrapper == LOSS_SCALE:
+    return [], wrapper
+  if "vars" not in group:
+    return [], wrapper
   group = group["vars"]
-  return [group[k] for k in sorted(group, key=int)]
+  return [group[k] for k in sorted(group, key=int)], wrapper
 
 
 def version(meta: Dict[str, Any]) -> Optional[Tuple[int, int]]:
