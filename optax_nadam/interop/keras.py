@@ -214,7 +214,8 @@ def state_from_keras(
     pairs = v3_slot_vars(optimizer, n, var_list) if built else None
     extras = v3_extras(optimizer, n, var_list, count) if built else PeerExtras()
     k = int(config.get("gradient_accumulation_steps") or 0)
-    real = count * k + extras.mini_step if k else count
+    # The peer's next Nadam step is on the cycle's last call: its schedule sees that call.
+    real = count * k + k - 1 if k else count
   hyper = keras_hyper.hyperparams(kind, config, real, "the Keras optimizer")
   slots = []
   for i in range(n):

@@ -80,7 +80,9 @@ def file_state(kf, tx, params, layout, **kwargs) -> optax.OptState:
         f"{kf.path} holds Nadam slots for {len(kf.m)} variables ({kf.names[:5]}) but params "
         f"has {len(paths)} leaves ({paths[:5]}); they are matched one to one in the file's "
         "order.")
-  real = kf.count * (int(kf.config.get("gradient_accumulation_steps") or 0) or 1) + kf.mini_step
+  k = int(kf.config.get("gradient_accumulation_steps") or 0) or 1
+  # The peer's next Nadam step is on the cycle's last call: its schedule sees that call.
+  real = kf.count * k + k - 1
   complete = "epsilon" in kf.config
   hyper = keras_hyper.hyperparams(kf.kind, kf.config, real, kf.path, complete=complete)
   slots = []
