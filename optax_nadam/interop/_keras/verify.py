@@ -9,6 +9,7 @@ of the Nadam whatever the peer's position in its cycle (`check`).
 """
 
 import math
+import numbers
 from typing import Any, Dict, List, Sequence
 
 import jax
@@ -39,7 +40,7 @@ def _same(a: Any, b: Any) -> bool:
     return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
   if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
     return a is b or a == b
-  if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+  if isinstance(a, numbers.Real) and isinstance(b, numbers.Real):
     return math.isclose(float(a), float(b), rel_tol=_CONFIG_RTOL, abs_tol=0.0)
   return a == b
 
