@@ -41,7 +41,6 @@ from optax_nadam.interop._state import (
   to_scalar,
 )
 
-
 __all__ = ["optimizer_config_from_keras", "params_from_keras", "resume_from_keras",
            "state_from_keras", "state_to_keras"]
 
