@@ -298,3 +298,21 @@ def test_keras_3_0_to_3_9_layout_reads_like_the_new_one(files, tmp_path):
   _rewrite_optimizer(src, unversioned, lambda old: old, None)
   with pytest.raises(ValueError, match="does not say which Keras wrote the file"):
     resume_from_keras(unversioned, like)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,eps", [("k3_acc2.keras", 1e-6), ("legacy.h5", 1e-6),
+                                      ("legacy.h5", 1e-8)])
+def test_probed_tx_with_10x_eps_is_refused(files, name, eps):
+  # On the usual probes a 10x eps moves the step by ~1e-6 of its size; the eps
+  # probe (empty moments, a gradient the size of eps) sees it.
+  config = optimizer_config_from_keras(files / name)
+  like = _like(_weights(files / name.replace(".keras", "_after.npz").replace(
+      ".h5", "_after.npz")))
+  params = params_from_keras(files / name, like)
+  good = _hidden(okeras.Nadam.from_config(config))
+  state_from_keras(files / name, good, params)
+  bad = _hidden(okeras.Nadam.from_config({**config, "epsilon": eps}))
+  with pytest.raises(ValueError, match=r"not the peer's: eps differs \(on a gradient the size "
+                     r"of the peer's eps=1e-07"):
+    state_from_keras(files / name, bad, params)
