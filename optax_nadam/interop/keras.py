@@ -135,11 +135,13 @@ def state_from_keras(
   optimizer by the order it created its slots in (its first
   ``apply_gradients`` / ``build``) or, explicitly, by `var_list` (the model
   variables in the order of the params leaves, e.g.
-  ``model.trainable_variables``); for a file by the file's order of the
-  trainable variables, which is the optimizer's (``.keras``: the layers in
-  ``model.layers`` order, nested models depth first, each layer's variables
-  in creation order; ``.h5``: the ``optimizer_weights`` order; TF checkpoint:
-  the object graph's order), as `params_from_keras` reads them.
+  ``model.trainable_variables``); for a file in ``model.trainable_variables``
+  order, proven or refused as `resume_from_keras` says (``.keras``: a
+  Sequential / Functional model's layers in ``model.layers`` order, nested
+  models depth first, a subclassed model refused; ``.h5``: slots paired by
+  name, in ``optimizer_weights`` order; TF checkpoint: slots paired by the
+  object graph's edges, variables depth first), as `params_from_keras`
+  reads them.
 
   Keras 3's Nadam has the momentum schedule ``0.96 ** t``, i.e.
   ``momentum_decay=1.0``: build tx with ``nadam(..., momentum_decay=1.0)`` (or
@@ -160,13 +162,16 @@ def state_from_keras(
       ``inject_hyperparams`` in tx's state to the imported count.
     check_schedule: verify that tx's next momentum coefficient equals the
       optimizer's (beta_1 and psi) with one probe update on zeros.
-    check_hyperparams: verify tx's whole next step against the optimizer's
-      config (`optax_nadam.interop._check.check_step`): learning rate (or its
-      schedule at the imported step), beta_2, epsilon, weight decay (Keras 3:
-      decoupled) and clipping (``clipnorm`` per variable, ``clipvalue``,
-      ``global_clipnorm``). A TF checkpoint does not store epsilon (taken as
-      tf-keras's default 1e-7) or clipping (not checked). None: as
-      `check_schedule`; False allows a deliberate change (a new learning rate).
+    check_hyperparams: verify tx against the optimizer's config: an
+      `optax_nadam.keras.Nadam` key by key; any other tx by probing its next
+      step (`optax_nadam.interop._check.check_step`, plus an epsilon probe),
+      on a state set to the last call of the peer's accumulation cycle:
+      learning rate (or its schedule at that call), beta_2, epsilon, weight
+      decay (Keras 3: decoupled), clipping (``clipnorm`` per variable,
+      ``clipvalue``, ``global_clipnorm``) and the accumulation. A TF
+      checkpoint does not store epsilon (taken as tf-keras's default 1e-7)
+      or clipping (not checked). None: as `check_schedule`; False allows a
+      deliberate change (a new learning rate).
 
   Returns:
     A state with the structure of ``tx.init(params)``.
