@@ -316,3 +316,19 @@ def test_probed_tx_with_10x_eps_is_refused(files, name, eps):
   with pytest.raises(ValueError, match=r"not the peer's: eps differs \(on a gradient the size "
                      r"of the peer's eps=1e-07"):
     state_from_keras(files / name, bad, params)
+
+
+@pytest.mark.slow
+def test_another_optimizer_saved_before_its_first_step_is_refused(tmp_path):
+  import keras
+
+  model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+  model.compile(keras.optimizers.Adam(0.01), "mse")
+  model.save(tmp_path / "adam.keras")
+  like = _like([np.zeros((3, 2)), np.zeros(2)])
+  for call in (lambda: resume_from_keras(tmp_path / "adam.keras", like),
+               lambda: state_from_keras(tmp_path / "adam.keras",
+                                        okeras.Nadam(0.01, schedule_decay=1.0), like)):
+    with pytest.raises(ValueError, match="adam.keras holds the state of a Adam optimizer, not "
+                       "a Keras Nadam"):
+      call()

@@ -69,6 +69,8 @@ def build_checked(tx, params, slots, extras, hyper, config, where: str, *, sync_
 
 def file_state(kf, tx, params, layout, **kwargs) -> optax.OptState:
   """`state_from_keras` for a file read by `_formats.read`: slots, extras, hyperparameters."""
+  if kf.optimizer != "Nadam":  # another optimizer, even one saved before its first step
+    raise not_nadam(kf)
   fresh = kf.m is None and kf.count == 0  # a Nadam saved before its first step: no slots
   if kf.m is None and not fresh:
     raise not_nadam(kf)

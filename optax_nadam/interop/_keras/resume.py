@@ -68,7 +68,7 @@ def resume_file(path: Any, like: Any, layout: Optional[Layout],
                 config: Optional[Dict[str, Any]]) -> Tuple[Any, Any, optax.OptState]:
   """`resume_from_keras` for a file: read once, then params, tx and state."""
   kf = _formats.read(path)
-  if kf.m is None and kf.count != 0:
+  if kf.optimizer != "Nadam" or (kf.m is None and kf.count != 0):
     raise not_nadam(kf)
   where = f"{kf.path}{f' ({kf.wrapper})' if kf.wrapper else ''}"
   complete = "epsilon" in kf.config
