@@ -332,3 +332,19 @@ def test_another_optimizer_saved_before_its_first_step_is_refused(tmp_path):
     with pytest.raises(ValueError, match="adam.keras holds the state of a Adam optimizer, not "
                        "a Keras Nadam"):
       call()
+
+
+@pytest.mark.slow
+def test_live_keras3_loss_scale_optimizer_is_refused():
+  # Under the jax backend the inner Nadam's u-product never advances: its steps are
+  # not Nadam's, which the live optimizer shows (still 1.0 after 2 steps).
+  import keras
+
+  rng = np.random.RandomState(8)
+  x, y = rng.randn(16, 3).astype(np.float32), rng.randn(16, 2).astype(np.float32)
+  model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+  model.compile(keras.optimizers.LossScaleOptimizer(keras.optimizers.Nadam(0.01)), "mse")
+  model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+  with pytest.raises(ValueError, match=r"The Keras Nadam inside the LossScaleOptimizer has "
+                     r"taken 2 steps but its u-product is still 1.0"):
+    resume_from_keras(model, _like([np.zeros((3, 2)), np.zeros(2)]))
