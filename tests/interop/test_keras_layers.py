@@ -62,6 +62,35 @@ def test_line_up_returns_the_only_assignment_or_refuses(layers, data):
       keras3_layers.line_up(units, slots, "f.keras")
 
 
+def _brute_force_any_order(units, slots):
+  """The distinct pairings over every order of the layers (each layer contiguous)."""
+  found = set()
+  for order in itertools.permutations(range(len(units))):
+    ordered = [units[u] for u in order]
+    for pairing in _brute_force(ordered, slots):
+      found.add(tuple(pairing))
+  return found
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.sampled_from(SHAPES), max_size=2),
+                          st.one_of(st.none(), st.integers(0, 2))), min_size=1, max_size=4),
+       st.permutations(range(4)), st.data())
+def test_any_order_line_up_pairs_only_when_shapes_prove_it(layers, order, data):
+  units = [_unit(f"l{i}", shapes, None if fixed is None else min(fixed, len(shapes)))
+           for i, (shapes, fixed) in enumerate(layers)]
+  truth_order = [u for u in order if u < len(units)]
+  truth = [data.draw(st.integers(0, len(units[u][2]))) if units[u][1] is None else units[u][1]
+           for u in truth_order]
+  slots = [tuple(d.shape) for u, k in zip(truth_order, truth) for _, d in units[u][2][:k]]
+  found = _brute_force_any_order(units, slots)
+  picked = keras3_layers.line_up_any_order(units, slots)
+  if len(found) == 1:
+    assert picked is not None and tuple(id(d) for _, d in picked) == next(iter(found))
+  else:
+    assert picked is None
+
+
 def test_line_up_has_no_per_layer_recursion():
   units = [_unit(f"dense_{i}", [(2, 2), (2,)], 2) for i in range(5000)]
   slots = [(2, 2), (2,)] * 5000

@@ -84,6 +84,8 @@ RUNS = {
     "keras3_functional_nested_equal_shapes": (
         "k3_nested.keras", "k3_nested_after.npz", True, {}),
     "keras3_deep_431_layers": ("k3_deep.keras", "k3_deep_after.npz", False, {}),
+    "keras3_subclassed_shapes_prove_the_order": (
+        "k3_sub_distinct.keras", "k3_sub_distinct_after.npz", True, {}),
     "tf_keras_legacy_h5": ("legacy.h5", "legacy_after.npz", False, {}),
     "tf_checkpoint": ("legacy_ckpt/ckpt-1", "legacy_after.npz", False, {"config": EPS}),
     "tf_keras_nested_h5": ("legacy_nested.h5", "legacy_nested_after.npz", True, {}),
@@ -130,7 +132,8 @@ def test_weights_come_in_trainable_variables_order(files, name):
 def test_subclassed_keras3_model_is_refused_with_the_fix(files):
   saved = _weights(files / "k3_sub_saved.npz")
   pattern = (r"k3_sub.keras: the model \(Sub: .*saves its layers by attribute name.*"
-             r"model.trainable_variables order.*resume_from_keras\(model, like\)")
+             r"model.trainable_variables order.*shapes fit more than one order.*"
+             r"resume_from_keras\(model, like\)")
   with pytest.raises(ValueError, match=pattern):
     resume_from_keras(files / "k3_sub.keras", _like(saved))
   with pytest.raises(ValueError, match=pattern):

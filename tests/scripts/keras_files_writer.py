@@ -30,7 +30,8 @@ Runs in its own process so that the custom layer class below (defined in this
   ``mixed_float16`` policy (compile wraps the Nadam), weights in ``k3_mixed_saved.npz``.
 - ``k3_nested.keras``: a Functional model with a nested Sequential block, every
   kernel (4, 4) (``k3_nested_after.npz``); ``k3_sub.keras``: the same layers in
-  a subclassed model whose attribute names sort against their order.
+  a subclassed model whose attribute names sort against their order;
+  ``k3_sub_distinct.keras``: such a model whose layers' shapes all differ.
 - ``k3_deep.keras``: a Sequential of DEEP ``Dense(2, tanh)`` layers and a
   ``Dense(2)`` (``k3_deep_after.npz``).
 - ``legacy_nested.h5`` / ``legacy_nested_ckpt``: tf-keras Sequential with a
@@ -184,6 +185,21 @@ def keras3_more(keras):
   sub.compile(keras.optimizers.Nadam(0.01), "mse")
   sub.fit(X4, Y4, batch_size=8, epochs=2, shuffle=False, verbose=0)
   continue_and_save(sub, "k3_sub", X4, Y4)
+
+  class Distinct(keras.Model):  # as Sub, but every layer's shapes differ
+    def __init__(self):
+      super().__init__()
+      self.zeta = keras.layers.Dense(5, activation="tanh")
+      self.yolk = keras.layers.Dense(3, activation="tanh")
+      self.alpha = keras.layers.Dense(4)
+
+    def call(self, x):
+      return self.alpha(self.yolk(self.zeta(x)))
+
+  distinct = Distinct()
+  distinct.compile(keras.optimizers.Nadam(0.01), "mse")
+  distinct.fit(X4, Y4, batch_size=8, epochs=2, shuffle=False, verbose=0)
+  continue_and_save(distinct, "k3_sub_distinct", X4, Y4)
 
   deep = keras.Sequential(mlp(keras, DEEP, 2))
   deep.compile(keras.optimizers.Nadam(0.01), "mse")

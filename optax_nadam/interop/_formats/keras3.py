@@ -64,8 +64,6 @@ def _keras3_from_h5(path: str, config: Dict[str, Any], meta: Dict[str, Any],
   units: List[Any] = []
   loose: List[str] = []
   keras3_layers.walk(h5, "", config, units, loose)
-  if loose:
-    raise keras3_layers.unordered(path, loose)
   spec = keras3_optimizer.spec(path, config)
   opt_vars, wrapper = keras3_optimizer.variables(h5, spec.wrapper)
   spec = spec._replace(wrapper=wrapper)
@@ -73,6 +71,8 @@ def _keras3_from_h5(path: str, config: Dict[str, Any], meta: Dict[str, Any],
   lr_var = not isinstance(opt_cfg.get("learning_rate"), dict)
   unbuilt = len(opt_vars) == 1 + lr_var  # compiled, saved before the first step: no slots
   if not opt_vars or unbuilt or opt_name is None or opt_name.lower() != "nadam":
+    if loose:  # no slots' shapes to prove an order with
+      raise keras3_layers.unordered(path, loose)
     # Without a Nadam's slots to line up with, the config says which variables are
     # trainable; another optimizer's state is refused by the caller, by name.
     picked = []
@@ -90,7 +90,13 @@ def _keras3_from_h5(path: str, config: Dict[str, Any], meta: Dict[str, Any],
                      wrapper=spec.wrapper)
   version = keras3_optimizer.version(meta)
   slots = keras3_optimizer.nadam_slots(path, opt_vars, opt_cfg, version)
-  picked = keras3_layers.line_up(units, [tuple(m.shape) for m in slots.m], path)
+  shapes = [tuple(m.shape) for m in slots.m]
+  if loose:
+    picked = keras3_layers.line_up_any_order(units, shapes)
+    if picked is None:
+      raise keras3_layers.unordered(path, loose)
+  else:
+    picked = keras3_layers.line_up(units, shapes, path)
   k = int(opt_cfg.get("gradient_accumulation_steps") or 0)
   count = slots.real_steps // k if k else slots.real_steps
   return KerasFile(

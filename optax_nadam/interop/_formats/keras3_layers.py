@@ -14,7 +14,8 @@ that order only where something in it states it:
 Any other model or layer (a subclassed ``keras.Model``) is saved by attribute
 name, alphabetically (``sorted(dir(obj))``), while its layers are tracked in the
 order the code assigned them: the file cannot say which comes first. `walk`
-records such groups; the reader refuses to pair them by position.
+records such groups; the reader then pairs only if the shapes leave one
+pairing over every order of the layers (`line_up_any_order`), else refuses.
 
 `line_up` picks, per layer, how many of its saved variables are trainable (a
 layer saves its trainable variables first) so that they line up with the
@@ -209,14 +210,71 @@ def line_up(units: List[Unit], shapes: List[Tuple[int, ...]], path: str) -> List
   return out
 
 
+class _OverBudget(Exception):
+  pass
+
+
+_ANY_ORDER_BUDGET = 200_000  # search states; a file past it is refused, not guessed
+_ANY_ORDER_UNITS = 200  # layers; the search recurses once per layer it places
+
+
+def line_up_any_order(units: List[Unit], shapes: List[Tuple[int, ...]]
+                      ) -> Optional[List[Tuple[str, Any]]]:
+  """The pairing with the slots when the layers' order is unknown, if shapes prove it.
+
+  Each layer's trainable variables are contiguous among the optimizer's slots
+  (``trainable_variables`` lists a layer's own variables together), so the
+  true order is one of the orders of the layers. If exactly one pairing of
+  slots with saved variables fits the shapes over all orders, it is the
+  true one; otherwise (none, several, or too many to search) None.
+  """
+  n, n_units = len(shapes), len(units)
+  if n_units > _ANY_ORDER_UNITS:
+    return None
+  must = sum(1 << u for u, (_, fixed, _) in enumerate(units) if fixed not in (None, 0))
+  memo: Dict[Tuple[int, int], int] = {}
+
+  def ways(s: int, used: int) -> int:  # pairings of shapes[s:] with unused layers, capped at 2
+    if s == n:
+      return 1 if used & must == must else 0
+    if (s, used) not in memo:
+      if len(memo) > _ANY_ORDER_BUDGET:
+        raise _OverBudget
+      total = 0
+      for u in range(n_units):
+        if not used >> u & 1:
+          for k in _choices(units[u], s, shapes):
+            total += ways(s + k, used | 1 << u) if k else 0
+            if total >= 2:
+              break
+        if total >= 2:
+          break
+      memo[(s, used)] = min(total, 2)
+    return memo[(s, used)]
+
+  try:
+    if ways(0, 0) != 1:
+      return None
+  except _OverBudget:
+    return None
+  out, s, used = [], 0, 0
+  while s < n:
+    u, k = next((u, k) for u in range(n_units) if not used >> u & 1
+                for k in _choices(units[u], s, shapes) if k and ways(s + k, used | 1 << u))
+    out.extend((f"{units[u][0]}/{name}", d) for name, d in units[u][2][:k])
+    s, used = s + k, used | 1 << u
+  return out
+
+
 def unordered(path: str, loose: List[str]) -> FileFormatError:
   """The refusal for a file whose layers' order is not stated (a subclassed model)."""
   return FileFormatError(
       f"{path}: {loose[0]} saves its layers by attribute name (Keras 3 writes a subclassed "
       "model's layers in alphabetical order of their attributes), but the optimizer holds "
       "their variables in model.trainable_variables order (the order the code assigned the "
-      "layers), and nothing in the file pairs the two. Pairing by position could put "
-      "moments on the wrong weights, so this file is refused. Either load the model in "
-      "Keras (keras.saving.load_model, with its class importable) and pass the live model: "
+      "layers); nothing in the file pairs the two, and the variables' shapes fit more than "
+      "one order of the layers (or none). Pairing by position could put moments on the "
+      "wrong weights, so this file is refused. Either load the model in Keras "
+      "(keras.saving.load_model, with its class importable) and pass the live model: "
       "resume_from_keras(model, like) pairs by variable identity; or save a Functional or "
       "Sequential model, whose .keras file lists its layers in order.")
