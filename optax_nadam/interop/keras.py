@@ -70,8 +70,9 @@ def resume_from_keras(
   Sequential and Functional models keep ``model.layers`` order (their config
   lists it) and the optimizer's order is ``model.trainable_variables``
   (Keras 3.0-3.9 and 3.10+ layouts told apart by ``metadata.json``); a
-  subclassed model's ``.keras`` stores its layers alphabetically by attribute
-  and is refused (pass the live model instead); tf-keras ``.h5`` slots name
+  subclassed model's ``.keras`` stores its layers alphabetically by attribute:
+  paired only when the shapes leave one pairing over every order of its
+  layers, else refused (pass the live model instead); tf-keras ``.h5`` slots name
   their weights; TF checkpoint slots link to their variables in the object
   graph, and the variables come in tf-keras's ``trainable_variables`` order.
   A ``LossScaleOptimizer`` (mixed precision) is unwrapped: its inner Nadam
@@ -98,7 +99,8 @@ def resume_from_keras(
     FileNotFoundError: no file at `source`.
     TypeError: `source` is neither a path nor a compiled Keras model.
     ValueError: another format or optimizer, a damaged file, a pairing the
-      file does not prove (a subclassed model's ``.keras``), a TF checkpoint
+      file does not prove (a subclassed model's ``.keras`` with layers of
+      equal shapes), a TF checkpoint
       without `config`, or a count / shape / dtype / value that does not fit
       (the message names the file, the variable and the params leaf).
   """
@@ -138,7 +140,7 @@ def state_from_keras(
   ``model.trainable_variables``); for a file in ``model.trainable_variables``
   order, proven or refused as `resume_from_keras` says (``.keras``: a
   Sequential / Functional model's layers in ``model.layers`` order, nested
-  models depth first, a subclassed model refused; ``.h5``: slots paired by
+  models depth first, a subclassed model where shapes prove it; ``.h5``: slots paired by
   name, in ``optimizer_weights`` order; TF checkpoint: slots paired by the
   object graph's edges, variables depth first), as `params_from_keras`
   reads them.

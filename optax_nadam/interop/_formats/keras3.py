@@ -28,13 +28,9 @@ from optax_nadam.interop._formats._types import (
 def read(path: str) -> KerasFile:
   """Reads a Keras 3 ``.keras`` archive (see the module docstring).
 
-  The optimizer's variables (``optimizer/vars/<i>`` in ``model.weights.h5``) are
-  ``iteration``, ``learning_rate`` (unless it is a schedule), the EMA averages
-  (``use_ema``), the gradient accumulators (``gradient_accumulation_steps``), a
-  ``momentum``, ``velocity`` pair per trainable variable, and the u-product.
-  The trainable variables are the layers' (``layers/<name>/vars/<i>``) walked in
-  the model's layer order (the config's ``layers`` lists), each layer's
-  variables in their saved order; a layer's group is named after its class, and
+  The optimizer's variables are split by the layout of the Keras version that
+  wrote the file (`keras3_optimizer`); the layers' trainable variables are
+  walked in the model's order and lined up with the slots (`keras3_layers`);
   the classes are never imported.
   """
   try:
