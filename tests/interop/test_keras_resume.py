@@ -351,3 +351,29 @@ def test_live_keras3_loss_scale_optimizer_is_refused():
   with pytest.raises(ValueError, match=r"The Keras Nadam inside the LossScaleOptimizer has "
                      r"taken 2 steps but its u-product is still 1.0"):
     resume_from_keras(model, _like([np.zeros((3, 2)), np.zeros(2)]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_scale", [False, True])
+def test_live_tf_keras_model_resumes(loss_scale):
+  import tf_keras
+
+  rng = np.random.RandomState(9)
+  x, y = rng.randn(16, 4).astype(np.float32), rng.randn(16, 4).astype(np.float32)
+  tf_keras.utils.set_random_seed(9)
+  model = tf_keras.Sequential([tf_keras.Input((4,)),
+                               tf_keras.layers.Dense(4, activation="tanh"),
+                               tf_keras.layers.Dense(4)])
+  opt = tf_keras.optimizers.legacy.Nadam(0.01, clipvalue=0.5)
+  if loss_scale:
+    opt = tf_keras.mixed_precision.LossScaleOptimizer(opt)
+  model.compile(opt, "mse")
+  model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+  params, tx, state = resume_from_keras(model, _like([v.numpy()
+                                                      for v in model.trainable_variables]))
+  assert tx.get_config()["clipvalue"] == 0.5
+  for _ in range(STEPS):
+    model.train_on_batch(x, y)
+  theirs = [v.numpy() for v in model.trainable_variables]
+  ours, _ = _continue(tx, params, state, jnp.asarray(x), jnp.asarray(y))
+  assert _gap(ours, theirs, f"tf-keras live model, loss scale {loss_scale}") <= TOL
