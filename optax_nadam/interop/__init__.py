@@ -34,6 +34,7 @@ from optax_nadam.interop._check import PeerHyperparams
 from optax_nadam.interop.keras import (
     optimizer_config_from_keras,
     params_from_keras,
+    resume_from_keras,
     state_from_keras,
     state_to_keras,
 )
@@ -41,6 +42,6 @@ from optax_nadam.interop.layout import TorchToFlax, torch_linear_to_flax, torch_
 from optax_nadam.interop.torch import params_from_torch, state_from_torch, state_to_torch
 
 __all__ = ["PeerHyperparams", "TorchToFlax", "optimizer_config_from_keras", "params_from_keras",
-           "params_from_torch", "state_from_keras",
+           "params_from_torch", "resume_from_keras", "state_from_keras",
            "state_from_torch", "state_to_keras", "state_to_torch", "torch_linear_to_flax",
            "torch_to_flax"]

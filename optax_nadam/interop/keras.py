@@ -1,27 +1,35 @@
 """Keras Nadam (tf-keras legacy, Keras 3) <-> optax_nadam state and params.
 
+`resume_from_keras` (one call: params, tx, state), `state_from_keras`,
+`params_from_keras`, `optimizer_config_from_keras`, and `state_to_keras`
+(written in `optax_nadam.interop._keras.export`).
+
 Sources are live optimizers / models, or files read as plain data by
 `optax_nadam.interop._formats` (``.keras``, tf-keras ``.h5``, TF checkpoints).
 """
 
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
-from optax_nadam import _tree
 from optax_nadam.interop import _formats
-from optax_nadam.interop._check import PeerHyperparams
 from optax_nadam.interop._formats import _config, _safe
 from optax_nadam.interop._keras import hyper as keras_hyper
-from optax_nadam.interop._keras.file_state import Layout, file_state, laid_out, not_nadam
+from optax_nadam.interop._keras import resume, weights
+from optax_nadam.interop._keras.export import state_to_keras
+from optax_nadam.interop._keras.file_state import (
+  Layout,
+  build_checked,
+  file_state,
+  laid_out,
+  not_nadam,
+)
 from optax_nadam.interop._keras.live import (
   keras_kind,
   legacy_slot_vars,
   live_weights,
+  unwrap,
   v3_extras,
   v3_slot_vars,
   value,
@@ -30,15 +38,76 @@ from optax_nadam.interop._keras.live import (
 from optax_nadam.interop._state import (
   PeerExtras,
   PeerSlot,
-  build_state,
   param_paths,
-  read_state,
   to_scalar,
 )
+
+__all__ = ["optimizer_config_from_keras", "params_from_keras", "resume_from_keras",
+           "state_from_keras", "state_to_keras"]
 
 
 def _is_path(source: Any) -> bool:
   return isinstance(source, (str, bytes, os.PathLike))
+
+
+def resume_from_keras(
+    source: Any,
+    like: optax.Params,
+    *,
+    layout: Optional[Layout] = None,
+    config: Optional[dict] = None,
+) -> Tuple[optax.Params, optax.GradientTransformation, optax.OptState]:
+  """Continues a Keras run: ``(params, tx, opt_state)`` from its file or live model.
+
+  ``tx.update(grads, opt_state, params)`` then takes the peer's next step. tx
+  is the Keras front, `optax_nadam.keras.Nadam`, built from the peer's own
+  optimizer config: learning rate or schedule (at the real step count),
+  betas, epsilon, the momentum schedule (Keras 3 and ``tf_keras.optimizers.Nadam``:
+  ``schedule_decay=1.0``; tf-keras legacy: its stored ``decay``), clipping,
+  weight decay, EMA and gradient accumulation (mid-cycle too). The file is
+  read once.
+
+  Pairing (which moment is whose) is proven or refused: ``.keras`` files of
+  Sequential and Functional models keep ``model.layers`` order (their config
+  lists it) and the optimizer's order is ``model.trainable_variables``
+  (Keras 3.0-3.9 and 3.10+ layouts told apart by ``metadata.json``); a
+  subclassed model's ``.keras`` stores its layers alphabetically by attribute:
+  paired only when the shapes leave one pairing over every order of its
+  layers, else refused (pass the live model instead); tf-keras ``.h5`` slots name
+  their weights; TF checkpoint slots link to their variables in the object
+  graph, and the variables come in tf-keras's ``trainable_variables`` order.
+  A ``LossScaleOptimizer`` (mixed precision) is unwrapped: its inner Nadam
+  continues (the loss scale changes no float32 step).
+
+  Args:
+    source: a path (``.keras`` from Keras 3.0 onwards, tf-keras ``.h5``, a TF
+      checkpoint prefix or directory, a SavedModel directory), or a compiled
+      Keras model after training (variables paired by identity).
+    like: the params tree (arrays or ``jax.ShapeDtypeStruct``): its i-th leaf
+      is the model's i-th trainable variable (``model.trainable_variables``
+      order).
+    layout: optional ``(params_leaf_path, array) -> array`` applied to every
+      weight and moment (e.g. to transpose convolution kernels).
+    config: only for what the source does not store: a TF checkpoint has no
+      epsilon or clipping; pass the peer's ``optimizer.get_config()`` (or at
+      least ``{"epsilon": ...}``). Keys the source states must agree.
+
+  Returns:
+    ``(params, tx, opt_state)``: params shaped like `like`, the
+    `optax_nadam.keras.Nadam`, and its filled state.
+
+  Raises:
+    FileNotFoundError: no file at `source`.
+    TypeError: `source` is neither a path nor a compiled Keras model.
+    ValueError: another format or optimizer, a damaged file, a pairing the
+      file does not prove (a subclassed model's ``.keras`` with layers of
+      equal shapes), a TF checkpoint
+      without `config`, or a count / shape / dtype / value that does not fit
+      (the message names the file, the variable and the params leaf).
+  """
+  if _is_path(source):
+    return resume.resume_file(source, like, layout, config)
+  return resume.resume_live(source, like, layout, config)
 
 
 def state_from_keras(
@@ -69,11 +138,13 @@ def state_from_keras(
   optimizer by the order it created its slots in (its first
   ``apply_gradients`` / ``build``) or, explicitly, by `var_list` (the model
   variables in the order of the params leaves, e.g.
-  ``model.trainable_variables``); for a file by the file's order of the
-  trainable variables, which is the optimizer's (``.keras``: the layers in
-  ``model.layers`` order, nested models depth first, each layer's variables
-  in creation order; ``.h5``: the ``optimizer_weights`` order; TF checkpoint:
-  the object graph's order), as `params_from_keras` reads them.
+  ``model.trainable_variables``); for a file in ``model.trainable_variables``
+  order, proven or refused as `resume_from_keras` says (``.keras``: a
+  Sequential / Functional model's layers in ``model.layers`` order, nested
+  models depth first, a subclassed model where shapes prove it; ``.h5``: slots paired by
+  name, in ``optimizer_weights`` order; TF checkpoint: slots paired by the
+  object graph's edges, variables depth first), as `params_from_keras`
+  reads them.
 
   Keras 3's Nadam has the momentum schedule ``0.96 ** t``, i.e.
   ``momentum_decay=1.0``: build tx with ``nadam(..., momentum_decay=1.0)`` (or
@@ -94,13 +165,16 @@ def state_from_keras(
       ``inject_hyperparams`` in tx's state to the imported count.
     check_schedule: verify that tx's next momentum coefficient equals the
       optimizer's (beta_1 and psi) with one probe update on zeros.
-    check_hyperparams: verify tx's whole next step against the optimizer's
-      config (`optax_nadam.interop._check.check_step`): learning rate (or its
-      schedule at the imported step), beta_2, epsilon, weight decay (Keras 3:
-      decoupled) and clipping (``clipnorm`` per variable, ``clipvalue``,
-      ``global_clipnorm``). A TF checkpoint does not store epsilon (taken as
-      tf-keras's default 1e-7) or clipping (not checked). None: as
-      `check_schedule`; False allows a deliberate change (a new learning rate).
+    check_hyperparams: verify tx against the optimizer's config: an
+      `optax_nadam.keras.Nadam` key by key; any other tx by probing its next
+      step (`optax_nadam.interop._check.check_step`, plus an epsilon probe),
+      on a state set to the last call of the peer's accumulation cycle:
+      learning rate (or its schedule at that call), beta_2, epsilon, weight
+      decay (Keras 3: decoupled), clipping (``clipnorm`` per variable,
+      ``clipvalue``, ``global_clipnorm``) and the accumulation. A TF
+      checkpoint does not store epsilon (taken as tf-keras's default 1e-7)
+      or clipping (not checked). None: as `check_schedule`; False allows a
+      deliberate change (a new learning rate).
 
   Returns:
     A state with the structure of ``tx.init(params)``.
@@ -121,9 +195,9 @@ def state_from_keras(
   if _is_path(source):
     if var_list is not None:
       raise TypeError("var_list matches live variables; a file's variables come in its order.")
-    return file_state(_formats.read(source, _safe.Budget.like(params)), tx, params,
-                      layout, **kwargs)
-  optimizer = source
+    return file_state(_formats.read(source, _safe.Budget.like(params)), tx, params, layout,
+                      **kwargs)
+  optimizer = unwrap(source)
   kind = keras_kind(optimizer)
   paths = param_paths(params)
   n = len(paths)
@@ -145,12 +219,19 @@ def state_from_keras(
     b1, psi = float(optimizer.beta_1), 1.0
     built = getattr(optimizer, "_u_product", None) is not None
     mu_product = to_scalar(value(optimizer._u_product), "optimizer u_product") if built else 1.0
+    if built and count > 0 and float(mu_product) == 1.0:
+      raise ValueError(
+          f"The Keras Nadam{' inside the LossScaleOptimizer' if optimizer is not source else ''}"
+          f" has taken {count} steps but its u-product is still 1.0: it never advanced (a "
+          "LossScaleOptimizer under the JAX backend does not carry it through the train "
+          "step), so its steps are not Nadam's and cannot be continued. params_from_keras "
+          "reads the weights.")
     pairs = v3_slot_vars(optimizer, n, var_list) if built else None
     extras = v3_extras(optimizer, n, var_list, count) if built else PeerExtras()
     k = int(config.get("gradient_accumulation_steps") or 0)
-    real = count * k + extras.mini_step if k else count
+    # The peer's next Nadam step is on the cycle's last call: its schedule sees that call.
+    real = count * k + k - 1 if k else count
   hyper = keras_hyper.hyperparams(kind, config, real, "the Keras optimizer")
-  kwargs["hyperparams"] = [PeerHyperparams(**hyper)] * n
   slots = []
   for i in range(n):
     if pairs is None:
@@ -167,7 +248,8 @@ def state_from_keras(
     each = lambda xs: None if xs is None else [  # noqa: E731
         laid_out(layout, p, x, s.where) for p, x, s in zip(paths, xs, slots)]
     extras = extras._replace(accumulators=each(extras.accumulators), ema=each(extras.ema))
-  return build_state(tx, params, slots, extras=extras, **kwargs)
+  return build_checked(tx, params, slots, extras, hyper, config, "the Keras optimizer",
+                       **kwargs)
 
 
 def params_from_keras(source: Any, like: optax.Params, *,
@@ -201,31 +283,8 @@ def params_from_keras(source: Any, like: optax.Params, *,
   """
   if _is_path(source):
     kf = _formats.read(source, _safe.Budget.like(like))  # no array larger than like's
-    file, names, arrays = kf.path, kf.names, kf.weights
-  else:
-    file, names, arrays = live_weights(source)
-  leaves, treedef = jax.tree.flatten(like)
-  paths = _tree.leaf_paths(like)
-  if len(arrays) != len(leaves):
-    raise ValueError(
-        f"{file} holds {len(arrays)} trainable weights ({names[:5]}"
-        f"{' ...' if len(names) > 5 else ''}) but like has {len(leaves)} leaves ({paths[:5]}"
-        f"{' ...' if len(paths) > 5 else ''}); they are matched one to one in order.")
-  out = []
-  for name, x, leaf, path in zip(names, arrays, leaves, paths):
-    where = f"{file}: Keras variable {name!r} (params leaf {path})"
-    x = laid_out(layout, path, x, where)
-    if tuple(x.shape) != tuple(leaf.shape):
-      raise ValueError(f"{where} has shape {tuple(x.shape)}; the params leaf has "
-                       f"{tuple(leaf.shape)}{' (after layout)' if layout else ''}.")
-    if np.dtype(x.dtype) != np.dtype(leaf.dtype):
-      raise ValueError(f"{where} has dtype {x.dtype}; the params leaf has {leaf.dtype}.")
-    if not np.all(np.isfinite(x)):
-      raise ValueError(f"{where} holds NaN or Inf.")
-    sharding = getattr(leaf, "sharding", None)
-    x = np.array(x, copy=True)
-    out.append(jax.device_put(x, sharding) if sharding is not None else jnp.asarray(x))
-  return jax.tree.unflatten(treedef, out)
+    return weights.place(kf.path, kf.names, kf.weights, like, layout)
+  return weights.place(*live_weights(source), like, layout)
 
 
 def optimizer_config_from_keras(source: Any) -> dict:
@@ -245,8 +304,7 @@ def optimizer_config_from_keras(source: Any) -> dict:
 
   Raises:
     FileNotFoundError: no file at `source`.
-    ValueError: another format, a damaged file, no optimizer saved, or an
-      optimizer class that is not one of Keras's (e.g. ``os.system``).
+    ValueError: another format, a damaged file, or no optimizer saved.
   """
   if not _is_path(source):
     return dict(source.get_config())
@@ -255,72 +313,3 @@ def optimizer_config_from_keras(source: Any) -> dict:
     raise not_nadam(kf)
   _config.check_keras_optimizer(kf.optimizer, kf.path)
   return dict(kf.config)
-
-
-def state_to_keras(
-    state: optax.OptState,
-    params: optax.Params,
-    optimizer: Any,
-    *,
-    var_list: Optional[Sequence[Any]] = None,
-) -> None:
-  """Writes our state into a Keras Nadam (tf-keras legacy or Keras 3).
-
-  The optimizer's slots must exist: pass `var_list` (the model variables in
-  the order of ``jax.tree.leaves(params)``) and they are created if needed;
-  without it the optimizer must already be built and its variables are matched
-  by the order it created them in. Hyperparameters are left as they are: build
-  the optimizer like tx (Keras 3 follows tx only with ``momentum_decay=1.0``).
-
-  Args:
-    state: a state of a tx containing `scale_by_nadam`, for `params`.
-    params: the params tree the state belongs to.
-    optimizer: the Keras Nadam to write into (modified in place).
-    var_list: optional model variables matching the params leaves.
-
-  Returns:
-    None.
-
-  Raises:
-    TypeError: not a supported Keras Nadam.
-    ValueError: variable count or a shape differs (named), or the optimizer
-      has no slots and no var_list was given.
-  """
-  kind = keras_kind(optimizer)
-  values = read_state(state, params)
-  paths = param_paths(params)
-  n = len(values)
-  if var_list is not None and len(var_list) != n:
-    raise ValueError(f"var_list has {len(var_list)} variables but params has {n} leaves.")
-  if kind == "legacy":
-    if var_list is not None:
-      optimizer._create_all_weights(list(var_list))
-    if getattr(optimizer, "_m_cache", None) is None:
-      raise ValueError("The legacy Nadam has no slots yet: pass var_list to create them.")
-    pairs = legacy_slot_vars(optimizer, n, var_list)
-    product_var = optimizer._m_cache
-  else:
-    if hasattr(optimizer, "_u_product_counter"):
-      # tf_keras.optimizers.Nadam caches its product behind a Python counter
-      # that a traced train step captures; its state cannot be set reliably.
-      raise TypeError("state_to_keras writes tf-keras legacy and Keras 3 Nadam only.")
-    if var_list is not None and not getattr(optimizer, "built", False):
-      optimizer.build(list(var_list))
-    if getattr(optimizer, "_u_product", None) is None:
-      raise ValueError("The Keras Nadam is not built: pass var_list to build it.")
-    pairs = v3_slot_vars(optimizer, n, var_list)
-    product_var = optimizer._u_product
-  counts = {c for c, _, _, _ in values}
-  if len(counts) != 1:
-    raise ValueError(f"The state holds several step counts {sorted(counts)}; Keras has one.")
-  mu_products = {mp for _, mp, _, _ in values}
-  for i, ((m_var, v_var), (_, _, m, v)) in enumerate(zip(pairs, values)):
-    if tuple(m_var.shape) != m.shape:
-      raise ValueError(
-          f"Keras variable {i} ({var_name(m_var)}) has shape {tuple(m_var.shape)} but params "
-          f"leaf {paths[i]} has {m.shape}."
-      )
-    m_var.assign(m.astype(np.dtype(value(m_var).dtype)))
-    v_var.assign(v.astype(np.dtype(value(v_var).dtype)))
-  optimizer.iterations.assign(counts.pop())
-  product_var.assign(np.float32(mu_products.pop()))

@@ -21,19 +21,10 @@ import pytest
 import optax_nadam
 from optax_nadam.interop import _formats as keras_files
 from optax_nadam.interop import keras as interop  # params_from_keras, state_from_keras
-from tests.helpers import subproc as _subproc
 
 TOL = 1e-5
 LR = 0.01
 STEPS = 20
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-  """Directory of files written by the peers (see `_keras_files_writer.py`)."""
-  out = tmp_path_factory.mktemp("keras_files")
-  _subproc.run_script("keras_files_writer", [str(out)], devices=1, timeout=300)
-  return out
 
 
 def _data(files):

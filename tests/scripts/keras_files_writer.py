@@ -23,7 +23,24 @@ Runs in its own process so that the custom layer class below (defined in this
   ``model.save`` and ``tf.train.Checkpoint(model=, optimizer=).save``; then 20
   ``train_on_batch`` steps, weights in ``legacy_after.npz``.
 - ``legacy_adam.h5`` and ``legacy_adam_ckpt/ckpt-1``: the same with legacy Adam.
-- ``data.npz``: ``x`` (16, 3) and ``y`` (16, 2), float32.
+- ``k3_acc2.keras``: ``Dense(4, tanh) -> Dense(2)``, Nadam(clipnorm=1.0,
+  gradient_accumulation_steps=3) saved 2 calls into a cycle (``k3_acc2_after.npz``).
+- ``k3_lso.keras``: ``LossScaleOptimizer(Nadam(0.01))`` on a float32 model
+  (``k3_lso_after.npz``); ``k3_mixed.keras``: the same model under the
+  ``mixed_float16`` policy (compile wraps the Nadam), weights in ``k3_mixed_saved.npz``.
+- ``k3_nested.keras``: a Functional model with a nested Sequential block, every
+  kernel (4, 4) (``k3_nested_after.npz``); ``k3_sub.keras``: the same layers in
+  a subclassed model whose attribute names sort against their order;
+  ``k3_sub_distinct.keras``: such a model whose layers' shapes all differ.
+- ``k3_deep.keras``: a Sequential of DEEP ``Dense(2, tanh)`` layers and a
+  ``Dense(2)`` (``k3_deep_after.npz``).
+- ``legacy_nested.h5`` / ``legacy_nested_ckpt``: tf-keras Sequential with a
+  nested Sequential, every kernel (4, 4), legacy Nadam (``legacy_nested_after.npz``;
+  ``legacy_nested_saved.npz`` holds ``model.trainable_variables`` at save time);
+  ``legacy_sub_ckpt``: a subclassed tf-keras model (``legacy_sub_after.npz``).
+- ``legacy_lso.h5`` / ``legacy_lso_ckpt``: tf-keras ``LossScaleOptimizer(legacy
+  Nadam)`` on a float32 model (``legacy_lso_after.npz``).
+- ``data.npz``: ``x`` (16, 3) and ``y`` (16, 2), float32; ``x4`` (16, 4), ``y4`` (16, 4).
 
 Prints ``RESULT {json}`` with the file names.
 """
@@ -39,9 +56,12 @@ import numpy as np  # noqa: E402
 
 OUT = sys.argv[1]
 STEPS_AFTER = 20
+DEEP = 430  # DenseNet121 has 429 layers; readers recursed per layer up to ~330
 rng = np.random.RandomState(0)
 X = rng.randn(16, 3).astype(np.float32)
 Y = rng.randn(16, 2).astype(np.float32)
+X4 = rng.randn(16, 4).astype(np.float32)
+Y4 = rng.randn(16, 4).astype(np.float32)
 
 
 def path(name):
@@ -104,6 +124,87 @@ def keras3_files():
   adam.compile(keras.optimizers.Adam(learning_rate=0.01), "mse")
   adam.fit(X, Y, batch_size=16, epochs=1, verbose=0)
   adam.save(path("k3_adam.keras"))
+  keras3_more(keras)
+
+
+def continue_and_save(model, name, x=X, y=Y):
+  model.save(path(f"{name}.keras"))
+  save_weights(f"{name}_saved.npz", model.trainable_variables)
+  for _ in range(STEPS_AFTER):
+    model.train_on_batch(x, y)
+  save_weights(f"{name}_after.npz", model.trainable_variables)
+
+
+def mlp(keras, depth=1, width=4):
+  return [keras.Input((3,))] + [keras.layers.Dense(width, activation="tanh")
+                                for _ in range(depth)] + [keras.layers.Dense(2)]
+
+
+def keras3_more(keras):
+  keras.utils.set_random_seed(3)
+  acc = keras.Sequential(mlp(keras))
+  acc.compile(keras.optimizers.Nadam(0.01, clipnorm=1.0, gradient_accumulation_steps=3), "mse")
+  acc.fit(X, Y, batch_size=8, epochs=4, shuffle=False, verbose=0)  # 8 calls: 2 into a cycle
+  continue_and_save(acc, "k3_acc2")
+
+  lso = keras.Sequential(mlp(keras))
+  lso.compile(keras.optimizers.LossScaleOptimizer(keras.optimizers.Nadam(0.01)), "mse")
+  lso.fit(X, Y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+  continue_and_save(lso, "k3_lso")
+
+  keras.mixed_precision.set_dtype_policy("mixed_float16")
+  mixed = keras.Sequential(mlp(keras))
+  mixed.compile(keras.optimizers.Nadam(0.01), "mse")
+  mixed.fit(X, Y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+  mixed.save(path("k3_mixed.keras"))
+  save_weights("k3_mixed_saved.npz", mixed.trainable_variables)
+  keras.mixed_precision.set_dtype_policy("float32")
+
+  # Every kernel (4, 4), every bias (4,): shapes cannot tell the layers apart.
+  inputs = keras.Input((4,))
+  block = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, activation="tanh"),
+                            keras.layers.Dense(4, activation="tanh")])
+  h = keras.layers.Dense(4, activation="tanh")(inputs)
+  outputs = keras.layers.Dense(4)(block(h))
+  nested = keras.Model(inputs, outputs)
+  nested.compile(keras.optimizers.Nadam(0.01), "mse")
+  nested.fit(X4, Y4, batch_size=8, epochs=2, shuffle=False, verbose=0)
+  continue_and_save(nested, "k3_nested", X4, Y4)
+
+  class Sub(keras.Model):  # attributes sort as zeta < ... reversed against their order
+    def __init__(self):
+      super().__init__()
+      self.zeta = keras.layers.Dense(4, activation="tanh")
+      self.yolk = keras.layers.Dense(4, activation="tanh")
+      self.alpha = keras.layers.Dense(4)
+
+    def call(self, x):
+      return self.alpha(self.yolk(self.zeta(x)))
+
+  sub = Sub()
+  sub.compile(keras.optimizers.Nadam(0.01), "mse")
+  sub.fit(X4, Y4, batch_size=8, epochs=2, shuffle=False, verbose=0)
+  continue_and_save(sub, "k3_sub", X4, Y4)
+
+  class Distinct(keras.Model):  # as Sub, but every layer's shapes differ
+    def __init__(self):
+      super().__init__()
+      self.zeta = keras.layers.Dense(5, activation="tanh")
+      self.yolk = keras.layers.Dense(3, activation="tanh")
+      self.alpha = keras.layers.Dense(4)
+
+    def call(self, x):
+      return self.alpha(self.yolk(self.zeta(x)))
+
+  distinct = Distinct()
+  distinct.compile(keras.optimizers.Nadam(0.01), "mse")
+  distinct.fit(X4, Y4, batch_size=8, epochs=2, shuffle=False, verbose=0)
+  continue_and_save(distinct, "k3_sub_distinct", X4, Y4)
+
+  deep = keras.Sequential(mlp(keras, DEEP, 2))
+  deep.compile(keras.optimizers.Nadam(0.01), "mse")
+  deep.fit(X, Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+  continue_and_save(deep, "k3_deep")
 
 
 def tf_keras_model(tf_keras, optimizer):
@@ -131,10 +232,58 @@ def legacy_files():
   model = tf_keras_model(tf_keras, adam)
   model.save(path("legacy_adam.h5"))
   tf.train.Checkpoint(model=model, optimizer=adam).save(path("legacy_adam_ckpt/ckpt"))
+  legacy_more(tf, tf_keras)
+
+
+def legacy_continue(tf, model, opt, name, x=X4, y=Y4, h5=True):
+  if h5:
+    model.save(path(f"{name}.h5"))
+  tf.train.Checkpoint(model=model, optimizer=opt).save(path(f"{name}_ckpt/ckpt"))
+  save_weights(f"{name}_saved.npz", model.trainable_variables)
+  for _ in range(STEPS_AFTER):
+    model.train_on_batch(x, y)
+  save_weights(f"{name}_after.npz", model.trainable_variables)
+
+
+def legacy_more(tf, tf_keras):
+  layers = tf_keras.layers
+  tf_keras.utils.set_random_seed(4)
+  # Nested: breadth-first (the object graph's slot listing) is not trainable order.
+  inner = tf_keras.Sequential([layers.Dense(4, activation="tanh"),
+                               layers.Dense(4, activation="tanh")])
+  nested = tf_keras.Sequential([tf_keras.Input((4,)), layers.Dense(4, activation="tanh"), inner,
+                                layers.Dense(4)])
+  opt = tf_keras.optimizers.legacy.Nadam(0.01)
+  nested.compile(opt, "mse")
+  nested.fit(X4, Y4, batch_size=8, epochs=2, shuffle=False, verbose=0)
+  legacy_continue(tf, nested, opt, "legacy_nested")
+
+  class Sub(tf_keras.Model):
+    def __init__(self):
+      super().__init__()
+      self.zeta = layers.Dense(4, activation="tanh")
+      self.block = tf_keras.Sequential([layers.Dense(4, activation="tanh")])
+      self.alpha = layers.Dense(4)
+
+    def call(self, x):
+      return self.alpha(self.block(self.zeta(x)))
+
+  sub = Sub()
+  opt = tf_keras.optimizers.legacy.Nadam(0.01)
+  sub.compile(opt, "mse")
+  sub.fit(X4, Y4, batch_size=8, epochs=2, shuffle=False, verbose=0)
+  legacy_continue(tf, sub, opt, "legacy_sub", h5=False)  # .h5 cannot hold subclassed models
+
+  lso = tf_keras.Sequential([tf_keras.Input((4,)), layers.Dense(4, activation="tanh"),
+                             layers.Dense(4)])
+  opt = tf_keras.mixed_precision.LossScaleOptimizer(tf_keras.optimizers.legacy.Nadam(0.01))
+  lso.compile(opt, "mse")
+  lso.fit(X4, Y4, batch_size=8, epochs=2, shuffle=False, verbose=0)
+  legacy_continue(tf, lso, opt, "legacy_lso")
 
 
 if __name__ == "__main__":
-  np.savez(path("data.npz"), x=X, y=Y)
+  np.savez(path("data.npz"), x=X, y=Y, x4=X4, y4=Y4)
   keras3_files()
   legacy_files()
   print("RESULT " + json.dumps(sorted(os.listdir(OUT))))

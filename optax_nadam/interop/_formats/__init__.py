@@ -13,9 +13,12 @@ so custom layer classes need not be importable):
   a prefix, or a SavedModel directory) of a tf-keras legacy Nadam, read in
   `optax_nadam.interop._formats.tf_checkpoint`.
 
-Each reader returns a `KerasFile`: the trainable weights in the file's order
-(which is the order the optimizer holds its slots in), and the optimizer state
-and config when the file has them.
+Each reader returns a `KerasFile`: the trainable weights in
+``model.trainable_variables`` order (the order a Keras optimizer creates its
+slots in), each moment paired with its weight as the format proves it (names,
+object-graph edges, the config's layer order, or shapes that leave one
+pairing) or the file refused; and the optimizer state and config when the
+file has them.
 """
 
 import os

@@ -28,6 +28,8 @@ class KerasFile(NamedTuple):
   mini_step: int = 0  # Keras 3 gradient accumulation: update calls since the last step
   accumulators: Optional[List[np.ndarray]] = None
   ema: Optional[List[np.ndarray]] = None
+  wrapper: Optional[str] = None  # "LossScaleOptimizer" when the Nadam is wrapped in one
+  unusable: Optional[str] = None  # why the Nadam state cannot be continued (weights still can)
 
 
 class FileFormatError(ValueError):

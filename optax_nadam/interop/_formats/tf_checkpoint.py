@@ -7,12 +7,21 @@ key derived from the object graph, and the object graph itself
 read with `tf.train.load_checkpoint`; no object is restored.
 
 The optimizer is the node holding ``m`` / ``v`` slot variables; a legacy Nadam
-also has ``iter`` and ``momentum_cache`` children (a legacy Adam has not). The
-trainable variables are the originals of the ``m`` slots, in the order the
-object graph lists them (breadth-first over the model's attributes, each
-layer's variables in the order it created them). Only the hyperparameters that
-are variables are in a checkpoint: ``learning_rate``, ``beta_1``, ``beta_2``
-and ``decay`` (psi); epsilon and clipping are not.
+also has ``iter`` and ``momentum_cache`` children (a legacy Adam has not; a
+``LossScaleOptimizer`` has them too, beside its ``loss_scale``). Each slot
+names its variable's node (``original_variable_node_id``): moments and
+weights are paired by these edges, never by position.
+
+The trainable variables (the slots' originals) come in tf-keras's
+``model.trainable_variables`` order, rebuilt from the object graph depth first:
+a layer's own variables (its variable children, in creation order), then its
+layers: ``layer-<i>`` children by i (``model.layers`` order, Sequential and
+Functional models), else its children in the order the object graph lists
+them, which is the order the layer tracked them (attribute assignment). The
+graph's own listing of slots is breadth first (outer layers first), which is
+not that order for nested models. Only the hyperparameters that are variables
+are in a checkpoint: ``learning_rate``, ``beta_1``, ``beta_2`` and ``decay``
+(psi); epsilon and clipping are not.
 """
 
 import glob
@@ -150,24 +159,73 @@ def _read(path: str, prefix: str, budget: _safe.Budget) -> KerasFile:
     return KerasFile(path, "legacy", None, {}, [key(i) for i in ids], [value(i) for i in ids])
   node = graph.nodes[optimizers[0]]
   children = {c.local_name: c.node_id for c in node.children}
+  wrapper = "LossScaleOptimizer" if "loss_scale" in children else None
   slots: Dict[str, List[Any]] = {}
   for s in node.slot_variables:
     slots.setdefault(s.slot_name, []).append(s)
   config = {h: float(value(children[h])) for h in _HYPER if h in children}
   first = slots.get("m") or next(iter(slots.values()))
-  originals = [s.original_variable_node_id for s in first]
+  originals = _model_order(path, graph, optimizers[0],
+                           [s.original_variable_node_id for s in first])
   if "momentum_cache" not in children or sorted(slots) != ["m", "v"]:
     kind = "Adam" if sorted(slots) == ["m", "v"] else f"an optimizer with slots {sorted(slots)}"
+    kind = f"{wrapper}({kind})" if wrapper else kind
     return KerasFile(path, "legacy", kind, config, [key(i) for i in originals],
-                     [value(i) for i in originals])
-  if [s.original_variable_node_id for s in slots["v"]] != originals:
-    raise FileFormatError(f"{path}: the optimizer's m and v slots are of different variables.")
+                     [value(i) for i in originals], wrapper=wrapper)
+  slot_of = {}
+  for name in ("m", "v"):
+    slot_of[name] = {s.original_variable_node_id: s.slot_variable_node_id for s in slots[name]}
+    if len(slot_of[name]) != len(slots[name]) or set(slot_of[name]) != set(originals):
+      raise FileFormatError(
+          f"{path}: the optimizer's m and v slots are not one each per variable.")
   return KerasFile(
       path, "legacy", "Nadam", config, [key(i) for i in originals],
       [value(i) for i in originals], count=int(value(children["iter"])),
       mu_product=float(value(children["momentum_cache"])),
-      m=[value(s.slot_variable_node_id) for s in slots["m"]],
-      v=[value(s.slot_variable_node_id) for s in slots["v"]])
+      m=[value(slot_of["m"][i]) for i in originals],
+      v=[value(slot_of["v"][i]) for i in originals], wrapper=wrapper)
+
+
+def _is_variable(node: Any) -> bool:
+  return any(a.name == "VARIABLE_VALUE" for a in node.attributes)
+
+
+def _layer_index(name: str) -> int:
+  return int(name[len("layer-"):]) if name.startswith("layer-") and name[6:].isdigit() else -1
+
+
+def _model_order(path: str, graph: Any, optimizer: int, originals: List[int]) -> List[int]:
+  """`originals` in tf-keras's ``trainable_variables`` order (see the module docstring).
+
+  Iterative depth-first walk (any depth) from the root, not entering the
+  optimizer; each node is visited once (``layer-<i>`` and
+  ``layer_with_weights-<j>`` name the same layer).
+
+  Raises:
+    FileFormatError: a slot's variable is not reachable from the model.
+  """
+  wanted = set(originals)
+  seen, order = {optimizer}, []
+  stack = [0]
+  while stack:
+    i = stack.pop()
+    if i in seen:
+      continue
+    seen.add(i)
+    if i in wanted:
+      order.append(i)
+    kids = [c for c in graph.nodes[i].children if c.local_name != "save_counter"]
+    own = [c for c in kids if _is_variable(graph.nodes[c.node_id])]
+    layers = sorted((c for c in kids if _layer_index(c.local_name) >= 0),
+                    key=lambda c: _layer_index(c.local_name))
+    rest = [c for c in kids if c not in own and c not in layers]
+    stack.extend(c.node_id for c in reversed(own + layers + rest))
+  if len(order) != len(wanted):
+    missing = sorted(wanted - set(order))[:5]
+    raise FileFormatError(
+        f"{path}: the optimizer has slots for variables (object graph nodes {missing}) that "
+        "the checkpoint's model does not reach; which weight is whose is not proven.")
+  return order
 
 
 def _variables_in_order(graph: Any) -> List[int]:

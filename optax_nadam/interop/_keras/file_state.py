@@ -12,8 +12,8 @@ import numpy as np
 import optax
 
 from optax_nadam.interop import _formats
-from optax_nadam.interop._check import PeerHyperparams
 from optax_nadam.interop._keras import hyper as keras_hyper
+from optax_nadam.interop._keras import verify
 from optax_nadam.interop._state import PeerExtras, PeerSlot, build_state, param_paths
 
 Layout = Callable[[str, np.ndarray], Any]
@@ -43,21 +43,50 @@ def not_nadam(kf: _formats.KerasFile) -> ValueError:
       f"(tf_keras.optimizers.legacy.Nadam, keras.optimizers.Nadam).{detail}")
 
 
+def build_checked(tx, params, slots, extras, hyper, config, where: str, *, sync_schedules: bool,
+                  check_schedule: bool, check_hyperparams: Optional[bool],
+                  complete: bool = True) -> optax.OptState:
+  """`build_state`, then tx checked against the peer's config (`verify`).
+
+  The Keras front is compared key by key with the peer's config; another tx
+  is probed (`verify.check`, accumulation-aware).
+  """
+  state = build_state(tx, params, slots, extras=extras, sync_schedules=sync_schedules,
+                      check_schedule=check_schedule, check_hyperparams=False)
+  if check_hyperparams is None:
+    check_hyperparams = check_schedule
+  if not check_hyperparams:
+    return state
+  if verify.keras_front(tx):
+    verify.compare_configs(tx, config, where, complete)
+    return state
+  paths = param_paths(params)
+  wheres = [f"{s.where} (params leaf {p})" for s, p in zip(slots, paths)]
+  k = int(config.get("gradient_accumulation_steps") or 0) or 1
+  verify.check(tx, state, params, verify.hypers_for(hyper, len(paths)), wheres, k)
+  return state
+
+
 def file_state(kf, tx, params, layout, **kwargs) -> optax.OptState:
   """`state_from_keras` for a file read by `_formats.read`: slots, extras, hyperparameters."""
+  if kf.optimizer != "Nadam":  # another optimizer, even one saved before its first step
+    raise not_nadam(kf)
   fresh = kf.m is None and kf.count == 0  # a Nadam saved before its first step: no slots
   if kf.m is None and not fresh:
     raise not_nadam(kf)
+  if kf.unusable:
+    raise ValueError(kf.unusable)
   paths = param_paths(params)
   if not fresh and len(kf.m) != len(paths):
     raise ValueError(
         f"{kf.path} holds Nadam slots for {len(kf.m)} variables ({kf.names[:5]}) but params "
         f"has {len(paths)} leaves ({paths[:5]}); they are matched one to one in the file's "
         "order.")
-  real = kf.count * (int(kf.config.get("gradient_accumulation_steps") or 0) or 1) + kf.mini_step
-  hyper = keras_hyper.hyperparams(kf.kind, kf.config, real, kf.path,
-                                  complete="epsilon" in kf.config)
-  kwargs["hyperparams"] = [PeerHyperparams(**hyper)] * len(paths)
+  k = int(kf.config.get("gradient_accumulation_steps") or 0) or 1
+  # The peer's next Nadam step is on the cycle's last call: its schedule sees that call.
+  real = kf.count * k + k - 1
+  complete = "epsilon" in kf.config
+  hyper = keras_hyper.hyperparams(kf.kind, kf.config, real, kf.path, complete=complete)
   slots = []
   for i, leaf in enumerate(paths):
     where = f"{kf.path}: Keras variable {i} ({kf.names[i] if i < len(kf.names) else '?'})"
@@ -69,4 +98,5 @@ def file_state(kf, tx, params, layout, **kwargs) -> optax.OptState:
   each = lambda xs: None if xs is None else [  # noqa: E731
       laid_out(layout, leaf, x, s.where) for leaf, x, s in zip(paths, xs, slots)]
   extras = PeerExtras(kf.mini_step, each(kf.accumulators), each(kf.ema)) if not fresh else None
-  return build_state(tx, params, slots, extras=extras, **kwargs)
+  return build_checked(tx, params, slots, extras, hyper, kf.config, kf.path, complete=complete,
+                       **kwargs)

@@ -17,6 +17,16 @@ def mro_names(obj: Any) -> List[str]:
   return [f"{c.__module__}.{c.__qualname__}" for c in type(obj).__mro__]
 
 
+def unwrap(optimizer: Any) -> Any:
+  """The Nadam inside a ``LossScaleOptimizer`` (Keras 3 or tf-keras), else `optimizer`."""
+  if type(optimizer).__name__ == "LossScaleOptimizer":
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is None:
+      raise TypeError("optimizer is a LossScaleOptimizer without an inner_optimizer.")
+    return inner
+  return optimizer
+
+
 def keras_kind(optimizer: Any) -> str:
   """'legacy' (tf-keras legacy Nadam) or 'v3' (Keras 3 / tf_keras.optimizers.Nadam)."""
   names = mro_names(optimizer)
