@@ -38,9 +38,14 @@ from optax_nadam.interop.keras import (
     state_to_keras,
 )
 from optax_nadam.interop.layout import TorchToFlax, torch_linear_to_flax, torch_to_flax
-from optax_nadam.interop.torch import params_from_torch, state_from_torch, state_to_torch
+from optax_nadam.interop.torch import (
+    params_from_torch,
+    resume_from_torch,
+    state_from_torch,
+    state_to_torch,
+)
 
 __all__ = ["PeerHyperparams", "TorchToFlax", "optimizer_config_from_keras", "params_from_keras",
-           "params_from_torch", "state_from_keras",
+           "params_from_torch", "resume_from_torch", "state_from_keras",
            "state_from_torch", "state_to_keras", "state_to_torch", "torch_linear_to_flax",
            "torch_to_flax"]

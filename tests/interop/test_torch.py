@@ -460,7 +460,7 @@ def test_torch_not_nadam_and_malformed_state_dicts():
     interop.state_from_torch(adam.state_dict(), tx, params)
   with pytest.raises(ValueError, match=r"no 'param_groups' key"):
     interop.state_from_torch({"state": {}}, tx, params)
-  with pytest.raises(TypeError, match="must be a torch.optim.NAdam or its state_dict"):
+  with pytest.raises(TypeError, match="must be a torch.optim.NAdam or nn.Module"):
     interop.state_from_torch([1, 2], tx, params)
 
 

@@ -86,6 +86,9 @@ def load(path: Any) -> Any:
   except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, KeyError)
     reason = str(e)
     if "Weights only load failed" in reason:
+      held = _with_inert_hyper_parameters(name)
+      if held is not None:
+        return held
       detail = next((line.strip() for line in reason.splitlines()
                      if "GLOBAL" in line or "WeightsUnpickler error" in line),
                     reason.splitlines()[0])
@@ -100,6 +103,60 @@ def load(path: Any) -> Any:
         f"{name!r} is not a readable torch.save file (another format, or truncated): "
         f"{type(e).__name__}: {reason.splitlines()[0] if reason else ''}"
     ) from None
+
+
+class Inert:
+  """Stands in for an object of a class a checkpoint names: built from nothing, runs nothing."""
+
+  name = "?"
+
+  def __new__(cls, *args, **kwargs):
+    return object.__new__(cls)
+
+  def __init__(self, *args, **kwargs):
+    pass
+
+  def __setstate__(self, state):
+    pass
+
+  def __repr__(self):
+    return f"<{self.name}: not read>"
+
+
+def _inert_paths(x: Any, path: str, out: list) -> None:
+  if isinstance(x, Inert):
+    out.append(f"{path} ({x.name})")
+  elif isinstance(x, Mapping):
+    for k, v in x.items():
+      _inert_paths(v, f"{path}[{k!r}]", out)
+  elif isinstance(x, (list, tuple)):
+    for k, v in enumerate(x):
+      _inert_paths(v, f"{path}[{k}]", out)
+
+
+def _with_inert_hyper_parameters(name: str) -> Any:
+  """A Lightning checkpoint whose ``hyper_parameters`` hold objects (a Path, a Namespace).
+
+  ``weights_only=True`` refuses the whole file for them. Here each class the
+  file names outside torch's allow-list is replaced by an `Inert` stand-in
+  (nothing is imported or called), and the result is kept only if every
+  stand-in lies inside the top-level ``hyper_parameters`` entry, which the
+  import never reads; otherwise None (the caller refuses the file).
+  """
+  import torch
+
+  try:
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(name)
+    stand_ins = [(type("Inert", (Inert,), {"name": n}), n) for n in names]
+    with torch.serialization.safe_globals(stand_ins):
+      obj = torch.load(name, map_location="cpu", weights_only=True)
+  except Exception:
+    return None
+  if not isinstance(obj, Mapping):
+    return None
+  found: list = []
+  _inert_paths({k: v for k, v in obj.items() if k != "hyper_parameters"}, "", found)
+  return None if found else obj
 
 
 def open_source(source: Any) -> Tuple[Any, str]:
