@@ -19,7 +19,8 @@ from optax_nadam import interop
 from optax_nadam.interop import _check as hyper
 from optax_nadam.interop._nodes import read_state
 from optax_nadam.interop._peer_step import PeerHyperparams, peer_step
-from tests.helpers.torch_runs import LR, TOL, TorchRun, continue_optax, gap, problem, saved
+from tests.helpers.reference import continue_optax, gap
+from tests.helpers.torch_runs import LR, TOL, TorchRun, problem, saved
 
 
 def _nadam(**kw):

@@ -14,7 +14,8 @@ from flax import nnx
 
 import optax_nadam
 from optax_nadam import interop
-from tests.helpers.torch_runs import LR, TOL, continue_optax, gap, saved
+from tests.helpers.reference import continue_optax, gap
+from tests.helpers.torch_runs import LR, TOL, saved
 
 
 def test_torch_linear_to_flax_transposes_matrices_only():

@@ -15,7 +15,8 @@ import torch
 
 import optax_nadam
 from optax_nadam import interop
-from tests.helpers.torch_runs import LR, MORE, TOL, TorchRun, continue_optax, gap, problem, saved
+from tests.helpers.reference import continue_optax, gap
+from tests.helpers.torch_runs import LR, MORE, TOL, TorchRun, problem, saved
 
 
 def _model_dict(run):
