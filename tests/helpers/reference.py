@@ -185,7 +185,8 @@ def max_abs_error(history, reference):
 def continue_optax(tx, state, params, grads, with_state=False):
   """Our optimizer `tx` (jitted step) from `state` on the gradient sequence.
 
-  Returns the params after every step (and the final state `with_state`).
+  `params` and each step's gradients are trees of one structure. Returns the
+  params' leaves after every step (and the final state `with_state`).
   """
   import jax
   import optax
@@ -195,11 +196,11 @@ def continue_optax(tx, state, params, grads, with_state=False):
     updates, state = tx.update(gs, state, ps)
     return optax.apply_updates(ps, updates), state
 
-  ps = [jax.numpy.asarray(x) for x in params]
+  ps = jax.tree.map(jax.numpy.asarray, params)
   history = []
   for gs in grads:
-    ps, state = step(ps, state, [jax.numpy.asarray(g) for g in gs])
-    history.append([np.asarray(x) for x in ps])
+    ps, state = step(ps, state, jax.tree.map(jax.numpy.asarray, gs))
+    history.append([np.asarray(x) for x in jax.tree.leaves(ps)])
   return (history, state) if with_state else history
 
 
