@@ -31,6 +31,7 @@ numpy arrays and numbers only.
 """
 
 from optax_nadam.interop._check import PeerHyperparams
+from optax_nadam.interop._nnx import nnx_optimizer
 from optax_nadam.interop.keras import (
     optimizer_config_from_keras,
     params_from_keras,
@@ -45,7 +46,7 @@ from optax_nadam.interop.torch import (
     state_to_torch,
 )
 
-__all__ = ["PeerHyperparams", "TorchToFlax", "optimizer_config_from_keras", "params_from_keras",
-           "params_from_torch", "resume_from_torch", "state_from_keras",
+__all__ = ["PeerHyperparams", "TorchToFlax", "nnx_optimizer", "optimizer_config_from_keras",
+           "params_from_keras", "params_from_torch", "resume_from_torch", "state_from_keras",
            "state_from_torch", "state_to_keras", "state_to_torch", "torch_linear_to_flax",
            "torch_to_flax"]
