@@ -6,6 +6,10 @@ steps the way `torch.save` checkpoints do. Continuing in optax and the gap
 metric are `tests.helpers.reference.continue_optax` and `gap`.
 """
 
+import json
+import pathlib
+import struct
+
 import numpy as np
 
 SHAPES = [(6, 4), (6,), (3, 6), (3,)]
@@ -81,3 +85,18 @@ def saved(tmp_path, steps=5, name="ckpt.pt", checkpoint=None, **kwargs):
   sd = run.opt.state_dict()
   torch.save(sd if checkpoint is None else checkpoint(run, sd), path)
   return path, run, run.params(), grads[steps:]
+
+
+def write_safetensors(path, tensors):
+  """A safetensors file as the format specifies it: names sorted, data in that order."""
+  header, chunks, offset = {}, [], 0
+  for name in sorted(tensors):
+    a = np.ascontiguousarray(tensors[name].detach().numpy(), "<f4")
+    header[name] = {"dtype": "F32", "shape": list(a.shape),
+                    "data_offsets": [offset, offset + a.nbytes]}
+    chunks.append(a.tobytes())
+    offset += a.nbytes
+  header["__metadata__"] = {"format": "pt"}
+  raw = json.dumps(header, separators=(",", ":")).encode()
+  raw += b" " * (-len(raw) % 8)
+  pathlib.Path(path).write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(chunks))

@@ -11,7 +11,6 @@ the gap (`tests.helpers.reference.gap`, printed with ``pytest -s``) must be
 import argparse
 import json
 import pathlib
-import struct
 
 import jax
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 from optax_nadam import interop
 from optax_nadam.interop._nodes import find_nadam_states
 from tests.helpers.reference import continue_optax, gap
-from tests.helpers.torch_runs import LR, MORE, TOL
+from tests.helpers.torch_runs import LR, MORE, TOL, write_safetensors
 
 STEPS = 5
 
@@ -225,21 +224,6 @@ def test_tx_comes_from_the_checkpoints_hyperparameters(tmp_path, kwargs):
 
 
 # ------------------------------------------------------------- Hugging Face folders
-
-
-def write_safetensors(path, tensors):
-  """A safetensors file as the format specifies it: names sorted, data in that order."""
-  header, chunks, offset = {}, [], 0
-  for name in sorted(tensors):
-    a = np.ascontiguousarray(tensors[name].detach().numpy(), "<f4")
-    header[name] = {"dtype": "F32", "shape": list(a.shape),
-                    "data_offsets": [offset, offset + a.nbytes]}
-    chunks.append(a.tobytes())
-    offset += a.nbytes
-  header["__metadata__"] = {"format": "pt"}
-  raw = json.dumps(header, separators=(",", ":")).encode()
-  raw += b" " * (-len(raw) % 8)
-  pathlib.Path(path).write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(chunks))
 
 
 def _trainer_groups(named, names=False):

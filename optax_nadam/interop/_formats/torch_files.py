@@ -71,16 +71,18 @@ def load(path: Any) -> Any:
 
   Raises:
     FileNotFoundError: no such file (naming it).
-    ValueError: not a torch file, truncated, or refused by ``weights_only``
-      because it holds other Python objects (the reason torch gave is quoted).
+    IsADirectoryError: a directory.
+    ValueError: not a regular file (FileFormatError), not a torch file,
+      truncated, or refused by ``weights_only`` because it holds other Python
+      objects outside a Lightning ``hyper_parameters`` entry (the reason torch
+      gave is quoted).
   """
   import torch
 
+  from optax_nadam.interop._formats.safetensors import regular_file
+
   name = os.fspath(path)
-  if not os.path.exists(name):
-    raise FileNotFoundError(f"torch checkpoint {name!r} does not exist.")
-  if os.path.isdir(name):
-    raise ValueError(f"torch checkpoint {name!r} is a directory; expected a torch.save file.")
+  regular_file(name, "torch checkpoint")  # not a FIFO or device: torch.load would block on it
   try:
     return torch.load(name, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, KeyError)
