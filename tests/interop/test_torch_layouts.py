@@ -313,3 +313,20 @@ def test_dcp_metadata_naming_another_class_is_refused(tmp_path):
   with pytest.raises(ValueError, match=r"\.metadata' names posix\.system, which is not a "
                      "checkpoint-metadata class; refusing to unpickle it"):
     interop.resume_from_torch(tmp_path / "dcp", {"w": np.zeros(3, np.float32)})
+
+
+def test_state_from_torch_follows_the_same_rule(tmp_path):
+  import optax_nadam
+
+  run = ModuleRun(Block(), opt_spec=_trainer_groups)
+  run.run(run.grads[:STEPS])
+  folder = _hf_folder(tmp_path, run)
+  tx = optax_nadam.nadam(LR, eps=1e-8)
+  like = run.like()
+  with pytest.raises(ValueError, match=r"cannot be proven: it has 2 param groups"):
+    interop.state_from_torch(folder, tx, like, check_hyperparams=False)
+  names = [["up.weight", "down.weight"], ["norm.weight", "norm.bias"]]
+  state = interop.state_from_torch(folder, tx, like, param_names=names, check_hyperparams=False)
+  want = run.opt.state_dict()["state"]
+  np.testing.assert_array_equal(state[0].m["norm"]["bias"], want[3]["exp_avg"].numpy())
+  np.testing.assert_array_equal(state[0].m["down"]["weight"], want[1]["exp_avg"].numpy())
