@@ -9,9 +9,11 @@ state dict is keyed by names. A pairing is accepted only when proven:
 2. by an order torch guarantees: ``model.state_dict()`` and
    ``model.parameters()`` both follow the module's registration order (first
    occurrence of a tied tensor kept), so an optimizer with ONE param group over
-   all the parameters holds them in the order of a state dict saved by torch
-   (``torch.save``, ``pytorch_model.bin``, DCP); safetensors files sort their
-   names, and several param groups list parameters in any order;
+   all the parameters, built as ``NAdam(model.parameters())`` (the premise: a
+   checkpoint does not record it; count and shapes in order are checked),
+   holds them in the order of a state dict saved by torch (``torch.save``,
+   ``pytorch_model.bin``, DCP); safetensors files sort their names, and
+   several param groups list parameters in any order;
 3. by shapes, when each optimizer parameter's shape fits exactly one leaf.
 
 Anything else is a ValueError saying how to give the names.

@@ -16,6 +16,8 @@ from optax_nadam.alias import nadam, nadamw
 from optax_nadam.interop import _torch_pairing as pairing
 from optax_nadam.interop._arrays import to_scalar
 from optax_nadam.interop._formats import torch_files
+from optax_nadam.interop._formats.torch_sources import Checkpoint
+from optax_nadam.interop._nodes import param_paths
 from optax_nadam.interop._peer_step import PeerHyperparams
 from optax_nadam.interop._state import PeerSlot
 
@@ -215,6 +217,52 @@ def pair_optimizer(params: List[TorchParam], model: Optional[dict], ordered: boo
     why = ("its parameters are not the model state dict's parameters in order (other counts "
            "or shapes)")
   raise _refuse(params, why, where)
+
+
+def slots_by_leaf(ck: Checkpoint, params: Any, layout: Any, param_names: Any,
+                   entry_leaf: Optional[List[Optional[int]]], where: str):
+  """The torch optimizer's slots and hyperparameters in params-leaf order, laid out."""
+  tparams = read_optimizer(ck.optimizer, where, param_names)
+  if (callable(getattr(layout, "leaf_name", None)) and ck.model is None
+      and any(p.name is None for p in tparams)):
+    raise ValueError(
+        f"layout {layout!r} matches by name, but {ck.optimizer_where} comes without the "
+        "model's state dict and its param groups hold no param_names, so its parameters "
+        "have no names. Pass the checkpoint (or file) holding both, param_names=, or a "
+        "layout without leaf_name (e.g. torch_linear_to_flax) to match by order.")
+  leaf_of = pair_optimizer(tparams, ck.model, ck.ordered, entry_leaf, params,
+                                        layout, ck.optimizer_where)
+  paths = param_paths(params)
+  slots = [p.slot for p in tparams]
+  hypers = [p.hyper for p in tparams]
+  if sorted(leaf_of) != list(range(len(paths))):
+    if len(set(leaf_of)) != len(leaf_of):
+      twice = sorted({paths[i] for i in leaf_of if leaf_of.count(i) > 1})
+      raise ValueError(f"{ck.optimizer_where}: params leaves {twice[:5]} would get the slots "
+                       "of several torch parameters.")
+    return slots, hypers  # a count mismatch: build_state names it
+  order = [0] * len(paths)
+  for j, i in enumerate(leaf_of):
+    order[i] = j
+  slots = [slots[j] for j in order]
+  hypers = [hypers[j] for j in order]
+  if layout is not None:
+    slots = [s if s.count is None else s._replace(m=np.asarray(layout(p, s.m)),
+                                                  v=np.asarray(layout(p, s.v)))
+             for p, s in zip(paths, slots)]
+  return slots, hypers
+
+
+def entry_leaf(ck: Checkpoint, params: Any, layout: Any) -> Optional[List[Optional[int]]]:
+  """Each model entry's params leaf, or None when the model dict does not fit params."""
+  if ck.model is None:
+    return None
+  try:
+    return pairing.match_model(list(ck.model), [e.shape for e in ck.model.values()],
+                               [e.tie for e in ck.model.values()], ck.ordered, params, layout,
+                               ck.model_where)
+  except ValueError:
+    return None  # the optimizer is paired without the model's order (names or shapes)
 
 
 def group_tx(h: PeerHyperparams) -> optax.GradientTransformation:

@@ -10,66 +10,19 @@ weight and which optimizer slot fill which leaf: `optax_nadam.interop._torch_pai
 """
 
 import sys
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import optax
 
-from optax_nadam.interop import _torch_pairing as pairing
 from optax_nadam.interop import _torch_params, _torch_state
 from optax_nadam.interop import layout as _layout
 from optax_nadam.interop._formats import torch_files
-from optax_nadam.interop._formats.torch_sources import Checkpoint, open_checkpoint
+from optax_nadam.interop._formats.torch_sources import open_checkpoint
 from optax_nadam.interop._nodes import param_paths, read_state
 from optax_nadam.interop._state import build_state
 
 Key = Union[None, str, int]
-
-
-def _slots_by_leaf(ck: Checkpoint, params: Any, layout: Any, param_names: Any,
-                   entry_leaf: Optional[List[Optional[int]]], where: str):
-  """The torch optimizer's slots and hyperparameters in params-leaf order, laid out."""
-  tparams = _torch_state.read_optimizer(ck.optimizer, where, param_names)
-  if (_layout.by_name(layout) and ck.model is None
-      and any(p.name is None for p in tparams)):
-    raise ValueError(
-        f"layout {layout!r} matches by name, but {ck.optimizer_where} comes without the "
-        "model's state dict and its param groups hold no param_names, so its parameters "
-        "have no names. Pass the checkpoint (or file) holding both, param_names=, or a "
-        "layout without leaf_name (e.g. torch_linear_to_flax) to match by order.")
-  leaf_of = _torch_state.pair_optimizer(tparams, ck.model, ck.ordered, entry_leaf, params,
-                                        layout, ck.optimizer_where)
-  paths = param_paths(params)
-  slots = [p.slot for p in tparams]
-  hypers = [p.hyper for p in tparams]
-  if sorted(leaf_of) != list(range(len(paths))):
-    if len(set(leaf_of)) != len(leaf_of):
-      twice = sorted({paths[i] for i in leaf_of if leaf_of.count(i) > 1})
-      raise ValueError(f"{ck.optimizer_where}: params leaves {twice[:5]} would get the slots "
-                       "of several torch parameters.")
-    return slots, hypers  # a count mismatch: build_state names it
-  order = [0] * len(paths)
-  for j, i in enumerate(leaf_of):
-    order[i] = j
-  slots = [slots[j] for j in order]
-  hypers = [hypers[j] for j in order]
-  if layout is not None:
-    slots = [s if s.count is None else s._replace(m=np.asarray(layout(p, s.m)),
-                                                  v=np.asarray(layout(p, s.v)))
-             for p, s in zip(paths, slots)]
-  return slots, hypers
-
-
-def _entry_leaf(ck: Checkpoint, params: Any, layout: Any) -> Optional[List[Optional[int]]]:
-  """Each model entry's params leaf, or None when the model dict does not fit params."""
-  if ck.model is None:
-    return None
-  try:
-    return pairing.match_model(list(ck.model), [e.shape for e in ck.model.values()],
-                               [e.tie for e in ck.model.values()], ck.ordered, params, layout,
-                               ck.model_where)
-  except ValueError:
-    return None  # the optimizer is paired without the model's order (names or shapes)
 
 
 def _opened(source: Any, key: Key, want_model: bool = True, want_optimizer: bool = True):
@@ -140,7 +93,7 @@ def resume_from_torch(
   train, kept = _torch_params.trainable(params)
   position = {f: j for j, f in enumerate(kept)}
   entry_leaf = [None if i is None else position.get(i) for i in target]
-  slots, hypers = _slots_by_leaf(ck, train, layout, param_names, entry_leaf, prefix)
+  slots, hypers = _torch_state.slots_by_leaf(ck, train, layout, param_names, entry_leaf, prefix)
   n = len(param_paths(train))
   if len(slots) != n:
     raise ValueError(f"{ck.optimizer_where} has slots for {len(slots)} parameters but params "
@@ -225,8 +178,8 @@ def state_from_torch(
       the params leaf path.
   """
   ck, prefix = _opened(optimizer_or_state_dict, key)
-  slots, hypers = _slots_by_leaf(ck, params, layout, param_names,
-                                 _entry_leaf(ck, params, layout), prefix)
+  slots, hypers = _torch_state.slots_by_leaf(ck, params, layout, param_names,
+                                 _torch_state.entry_leaf(ck, params, layout), prefix)
   return build_state(tx, params, slots, sync_schedules=sync_schedules,
                      check_schedule=check_schedule, hyperparams=hypers,
                      check_hyperparams=check_hyperparams)

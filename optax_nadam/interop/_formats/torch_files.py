@@ -161,13 +161,6 @@ def _with_inert_hyper_parameters(name: str) -> Any:
   return None if found else obj
 
 
-def open_source(source: Any) -> Tuple[Any, str]:
-  """``(object, name for messages)``: a file's contents (`load`), or `source` itself."""
-  if is_path(source):
-    return load(source), f"torch checkpoint {os.fspath(source)!r}"
-  return source, "the torch state dict"
-
-
 def _is_model_dict(x: Any) -> bool:
   return isinstance(x, Mapping) and bool(x) and all(
       isinstance(k, str) and (is_tensor(v) or isinstance(v, np.ndarray)) for k, v in x.items())
