@@ -106,13 +106,12 @@ def _read_span(path: str, info: Any, key: str) -> Any:
                           f"{str(e).splitlines()[0] if str(e) else ''}).") from None
 
 
-def _tensor(path: str, md: Any, key: str, meta: Any) -> Any:
+def _tensor(path: str, stored: Dict[str, List[Tuple[Any, Any]]], key: str, meta: Any) -> Any:
   """A tensor item, assembled from its chunks."""
   import torch
 
   size = tuple(int(n) for n in meta.size)
-  chunks = {idx.offset: info for idx, info in md.storage_data.items()
-            if getattr(idx, "fqn", None) == key}
+  chunks = {idx.offset: info for idx, info in stored.get(key, [])}
   if len(chunks) == 1 and tuple(next(iter(chunks)) or ()) in ((), (0,) * len(size)):
     t = _read_span(path, next(iter(chunks.values())), key)
     if not isinstance(t, torch.Tensor) or tuple(t.shape) != size:
@@ -169,16 +168,18 @@ def read(path: Any) -> Dict[str, Any]:
   path = os.fspath(path)
   md = _metadata(path)
   root: Dict[Any, Any] = {}
+  stored: Dict[str, List[Tuple[Any, Any]]] = {}  # fqn -> [(index, storage info), ...]
+  for idx, info in md.storage_data.items():
+    stored.setdefault(getattr(idx, "fqn", None), []).append((idx, info))
   for key, meta in md.state_dict_metadata.items():
     keys = md.planner_data.get(key, (key,))
     if not isinstance(keys, tuple) or not keys or not all(isinstance(k, (str, int))
                                                           for k in keys):
       raise FileFormatError(f"DCP checkpoint {path!r}: key {key!r} has no valid path.")
     if type(meta).__name__ == "TensorStorageMetadata":
-      value = _tensor(path, md, key, meta)
+      value = _tensor(path, stored, key, meta)
     else:
-      infos: List[Any] = [i for idx, i in md.storage_data.items()
-                          if getattr(idx, "fqn", None) == key]
+      infos = [info for _, info in stored.get(key, [])]
       if len(infos) != 1:
         raise FileFormatError(f"DCP checkpoint {path!r}: item {key!r} is stored "
                               f"{len(infos)} times.")

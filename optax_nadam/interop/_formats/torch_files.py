@@ -88,12 +88,14 @@ def load(path: Any) -> Any:
   except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, KeyError)
     reason = str(e)
     if "Weights only load failed" in reason:
-      held = _with_inert_hyper_parameters(name)
+      held, found = _with_inert_hyper_parameters(name)
       if held is not None:
         return held
       detail = next((line.strip() for line in reason.splitlines()
                      if "GLOBAL" in line or "WeightsUnpickler error" in line),
                     reason.splitlines()[0])
+      if found:
+        detail = f"objects at {', '.join(found[:3])} (outside 'hyper_parameters'). {detail}"
       raise ValueError(
           f"{name!r} holds Python objects other than tensors, dicts, lists and numbers, "
           f"so torch.load(weights_only=True) refused it (unpickling them could run code): "
@@ -136,14 +138,18 @@ def _inert_paths(x: Any, path: str, out: list) -> None:
       _inert_paths(v, f"{path}[{k}]", out)
 
 
-def _with_inert_hyper_parameters(name: str) -> Any:
+def _with_inert_hyper_parameters(name: str) -> Tuple[Any, list]:
   """A Lightning checkpoint whose ``hyper_parameters`` hold objects (a Path, a Namespace).
 
   ``weights_only=True`` refuses the whole file for them. Here each class the
   file names outside torch's allow-list is replaced by an `Inert` stand-in
   (nothing is imported or called), and the result is kept only if every
   stand-in lies inside the top-level ``hyper_parameters`` entry, which the
-  import never reads; otherwise None (the caller refuses the file).
+  import never reads.
+
+  Returns:
+    ``(the checkpoint, [])``, or ``(None, where the stand-ins outside
+    hyper_parameters are)`` (the caller refuses the file).
   """
   import torch
 
@@ -153,12 +159,11 @@ def _with_inert_hyper_parameters(name: str) -> Any:
     with torch.serialization.safe_globals(stand_ins):
       obj = torch.load(name, map_location="cpu", weights_only=True)
   except Exception:
-    return None
-  if not isinstance(obj, Mapping):
-    return None
+    return None, []
   found: list = []
-  _inert_paths({k: v for k, v in obj.items() if k != "hyper_parameters"}, "", found)
-  return None if found else obj
+  _inert_paths({k: v for k, v in obj.items() if k != "hyper_parameters"}
+               if isinstance(obj, Mapping) else obj, "", found)
+  return (None, found) if found else (obj, [])
 
 
 def _is_model_dict(x: Any) -> bool:
