@@ -27,6 +27,7 @@ BatchNorm's ``running_mean`` / ``running_var`` fill the leaves Flax calls
 ``mean`` / ``var`` in ``batch_stats`` (Linen) or `nnx.BatchStat` variables.
 """
 
+import collections
 import re
 import sys
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -126,10 +127,9 @@ def _by_name(names, shapes, like: LikeLeaves, layout, where, ties) -> Optional[L
         f"{where}: entries {rest[:5]} name no params leaf (params leaves: "
         f"{like.names[:8]}{' ...' if len(like.names) > 8 else ''}); pass a layout that "
         "names them (interop.TorchToFlax(rename={...})) or a like tree with these names.")
-  wanted = range(len(like.paths))
-  filled = [i for i in out if i is not None]
-  missing = [like.paths[i] for i in wanted if i not in filled]
-  twice = sorted({like.paths[i] for i in filled if filled.count(i) > 1})
+  filled = collections.Counter(i for i in out if i is not None)
+  missing = [p for i, p in enumerate(like.paths) if i not in filled]
+  twice = sorted(like.paths[i] for i, c in filled.items() if c > 1)
   if missing or twice:
     raise ValueError(f"{where}: params leaves {missing[:5]} are filled by no entry"
                      f"{' and ' + str(twice) + ' by several' if twice else ''}.")
@@ -184,22 +184,35 @@ def match_model(names: Sequence[str], shapes: Sequence[Tuple[int, ...]], ties: S
   return out
 
 
-def unique_shapes(shapes: Sequence[Tuple[int, ...]], like: Any, layout: Any,
-                  leaf_ids: Optional[Sequence[int]] = None) -> Optional[List[int]]:
+_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53)
+
+
+def laid_out_shape(layout: Any, path: str, shape: Tuple[int, ...]) -> Tuple[int, ...]:
+  """The shape an array of `shape` has after `layout`, without allocating it.
+
+  A layout that permutes axes (transposes) is probed on a tiny array whose
+  axes have distinct sizes; any other layout is called on a zero-stride view.
+  """
+  shape = tuple(int(n) for n in shape)
+  if layout is None:
+    return shape
+  if len(shape) <= len(_PRIMES):
+    probe = _PRIMES[:len(shape)]
+    out = tuple(np.shape(layout(path, np.zeros(probe, np.float32))))
+    if sorted(out) == sorted(probe):
+      return tuple(shape[probe.index(n)] for n in out)
+  return tuple(np.shape(layout(path, np.broadcast_to(np.float32(0), shape))))
+
+
+def unique_shapes(shapes: Sequence[Tuple[int, ...]], like: Any,
+                  layout: Any) -> Optional[List[int]]:
   """The one assignment of torch shapes to `like` leaves (after the layout), or None."""
   paths = _tree.leaf_paths(like)
   leaf_shapes = [tuple(np.shape(x)) for x in jax.tree.leaves(like)]
-  ids = list(range(len(paths))) if leaf_ids is None else list(leaf_ids)
-  if len(shapes) != len(ids):
+  if len(shapes) != len(paths):
     return None
-
-  def fits(shape, i):
-    if layout is None:
-      return tuple(shape) == leaf_shapes[i]
-    return tuple(np.shape(layout(paths[i], np.broadcast_to(np.float32(0), shape)))) == (
-        leaf_shapes[i])
-
-  options = [[i for i in ids if fits(s, i)] for s in shapes]
+  options = [[i for i, p in enumerate(paths) if laid_out_shape(layout, p, s) == leaf_shapes[i]]
+             for s in shapes]
   if any(len(o) != 1 for o in options) or len({o[0] for o in options}) != len(options):
     return None
   return [o[0] for o in options]

@@ -76,8 +76,7 @@ def read_params(ck: Checkpoint, like: Any, layout: Any) -> Tuple[Any, List[Optio
   for name, e, i in zip(names, entries, target):
     if i is None:
       continue
-    if tuple(np.shape(_value(leaves[i]))) != _laid_out(e.shape, layout,
-                                                                            paths[i]):
+    if tuple(np.shape(_value(leaves[i]))) != pairing.laid_out_shape(layout, paths[i], e.shape):
       raise ValueError(f"{ck.model_where}: {name} (params leaf {paths[i]}) has shape "
                        f"{e.shape} (before the layout), which does not fit the leaf's "
                        f"{tuple(np.shape(_value(leaves[i])))}.")
@@ -86,11 +85,3 @@ def read_params(ck: Checkpoint, like: Any, layout: Any) -> Tuple[Any, List[Optio
     x = as_param(value, leaves[i], f"{ck.model_where}: {name} (params leaf {paths[i]})")
     out[i] = leaves[i].replace(x) if is_var and is_var(leaves[i]) else x
   return jax.tree.unflatten(treedef, out), target
-
-
-def _laid_out(shape: Tuple[int, ...], layout: Any, path: str) -> Tuple[int, ...]:
-  """The shape an entry has after the layout (checked before reading its data)."""
-  if layout is None:
-    return tuple(shape)
-  return tuple(np.shape(layout(path, np.broadcast_to(np.float32(0), shape))))
-
