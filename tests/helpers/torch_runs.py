@@ -10,6 +10,7 @@ import json
 import pathlib
 import struct
 
+import jax
 import numpy as np
 
 SHAPES = [(6, 4), (6,), (3, 6), (3,)]
@@ -72,6 +73,61 @@ class TorchRun:
 
   def params(self):
     return [p.detach().numpy().copy() for p in self.ps]
+
+
+def nested(flat):
+  """``{"a.b.c": x}`` -> ``{"a": {"b": {"c": x}}}`` (a params tree keyed by torch's names)."""
+  out = {}
+  for name, x in flat.items():
+    *scope, last = name.split(".")
+    node = out
+    for k in scope:
+      node = node.setdefault(k, {})
+    node[last] = x
+  return out
+
+
+class ModuleRun(TorchRun):
+  """`TorchRun` over a torch module's parameters, with fixed gradients by parameter name.
+
+  Args:
+    module: the ``nn.Module``.
+    opt_spec: ``named_parameters dict -> NAdam's params argument`` (groups,
+      ``(name, param)`` pairs); default ``module.parameters()``.
+    steps: how many gradient steps to draw (``self.grads``, dicts by name).
+    seed: seed of the gradients (~0.1).
+    **kwargs: NAdam's hyperparameters.
+  """
+
+  def __init__(self, module, opt_spec=None, steps=25, seed=0, **kwargs):
+    import torch
+
+    self.torch = torch
+    self.module = module
+    self.named = dict(module.named_parameters())
+    self.ps = list(self.named.values())
+    spec = opt_spec(self.named) if opt_spec else self.ps
+    self.opt = torch.optim.NAdam(spec, **{"lr": LR, **kwargs})
+    self.clip = self.sched = None
+    rng = np.random.default_rng(seed)
+    self.grads = [{n: (0.1 * rng.normal(size=p.shape)).astype(np.float32)
+                   for n, p in self.named.items()} for _ in range(steps)]
+
+  def run(self, grads, by_name=False):
+    """Steps on gradient dicts (by name); the parameters after each step (`values`, or dicts)."""
+    history = []
+    for gs in grads:
+      self.step([gs[n] for n in self.named])
+      history.append({n: p.detach().numpy().copy() for n, p in self.named.items()} if by_name
+                     else self.values())
+    return history
+
+  def values(self):
+    """The parameters as numpy, in the leaf order of ``nested`` by name."""
+    return jax.tree.leaves(nested({n: p.detach().numpy().copy() for n, p in self.named.items()}))
+
+  def like(self):
+    return nested({n: np.zeros(tuple(p.shape), np.float32) for n, p in self.named.items()})
 
 
 def saved(tmp_path, steps=5, name="ckpt.pt", checkpoint=None, **kwargs):

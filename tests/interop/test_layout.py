@@ -15,7 +15,7 @@ from flax import nnx
 import optax_nadam
 from optax_nadam import interop
 from tests.helpers.reference import continue_optax, gap
-from tests.helpers.torch_runs import LR, TOL, saved
+from tests.helpers.torch_runs import LR, TOL, ModuleRun, saved
 
 
 def test_torch_linear_to_flax_transposes_matrices_only():
@@ -164,24 +164,10 @@ def _bn_run(tmp_path):
   net = _TorchBN()
   for _ in range(3):
     net.bn(net.fc(torch.randn(16, 3) + 2.0))  # train mode: the running statistics move
-  opt = torch.optim.NAdam(net.parameters(), lr=LR, weight_decay=0.01)
-  rng = np.random.default_rng(0)
-  names = [n for n, _ in net.named_parameters()]
-  grads = [{n: (0.1 * rng.normal(size=p.shape)).astype(np.float32)
-            for n, p in net.named_parameters()} for _ in range(25)]
-
-  def run(gs_list):
-    history = []
-    for gs in gs_list:
-      for n, p in net.named_parameters():
-        p.grad = torch.tensor(gs[n])
-      opt.step()
-      history.append({n: p.detach().numpy().copy() for n, p in net.named_parameters()})
-    return history
-
-  run(grads[:5])
-  torch.save({"model": net.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "bn.pt")
-  return net, names, grads[5:], run
+  run = ModuleRun(net, weight_decay=0.01)
+  run.run(run.grads[:5])
+  torch.save({"model": net.state_dict(), "optimizer": run.opt.state_dict()}, tmp_path / "bn.pt")
+  return run
 
 
 def _flax_name(name):
@@ -208,14 +194,15 @@ def test_batchnorm_statistics_into_linen_batch_stats(tmp_path):
       return nn.Dense(2, name="out")(h)
 
   variables = Net().init(jax.random.key(0), jnp.ones((2, 3)))
-  net, names, grads, run = _bn_run(tmp_path)
+  run = _bn_run(tmp_path)
+  net, grads = run.module, run.grads[5:]
   params, tx, opt_state = interop.resume_from_torch(tmp_path / "bn.pt", variables,
                                                     layout=interop.torch_to_flax)
   np.testing.assert_array_equal(params["batch_stats"]["bn"]["mean"], net.bn.running_mean.numpy())
   np.testing.assert_array_equal(params["batch_stats"]["bn"]["var"], net.bn.running_var.numpy())
   assert float(np.min(net.bn.running_var.numpy())) != 1.0  # the statistics did move
   ours = continue_optax(tx, opt_state, params["params"], [_as_flax(g) for g in grads])
-  theirs = [jax.tree.leaves(_as_flax(h)) for h in run(grads)]
+  theirs = [jax.tree.leaves(_as_flax(h)) for h in run.run(grads, by_name=True)]
   assert gap(ours, theirs, "Linen variables with batch_stats (BatchNorm statistics)") <= TOL
 
 
@@ -227,7 +214,8 @@ def test_batchnorm_statistics_into_nnx_batchstat(tmp_path):
       self.out = nnx.Linear(4, 2, rngs=rngs)
 
   model = Net(nnx.Rngs(0))
-  net, names, grads, run = _bn_run(tmp_path)
+  run = _bn_run(tmp_path)
+  net, grads = run.module, run.grads[5:]
   params, tx, opt_state = interop.resume_from_torch(tmp_path / "bn.pt", nnx.state(model),
                                                     layout=interop.torch_to_flax)
   nnx.update(model, params)
@@ -246,7 +234,7 @@ def test_batchnorm_statistics_into_nnx_batchstat(tmp_path):
   for g in grads:
     step(model, optimizer, _as_flax(g))
     ours.append(jax.tree.leaves(nnx.as_pure(nnx.state(model, nnx.Param))))
-  theirs = [jax.tree.leaves(_as_flax(h)) for h in run(grads)]
+  theirs = [jax.tree.leaves(_as_flax(h)) for h in run.run(grads, by_name=True)]
   assert gap(ours, theirs, "NNX state with BatchStat (BatchNorm statistics), nnx_optimizer") <= TOL
 
 

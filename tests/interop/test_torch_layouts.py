@@ -20,51 +20,14 @@ import torch
 from optax_nadam import interop
 from optax_nadam.interop._nodes import find_nadam_states
 from tests.helpers.reference import continue_optax, gap
-from tests.helpers.torch_runs import LR, MORE, TOL, write_safetensors
+from tests.helpers.torch_runs import LR, TOL, ModuleRun, nested, write_safetensors
 
 STEPS = 5
 
 
-def nested(flat):
-  """``{"a.b.c": x}`` -> ``{"a": {"b": {"c": x}}}``."""
-  out = {}
-  for name, x in flat.items():
-    *scope, last = name.split(".")
-    node = out
-    for k in scope:
-      node = node.setdefault(k, {})
-    node[last] = x
-  return out
-
-
-class ModuleRun:
-  """A torch module trained by NAdam on fixed per-parameter gradients."""
-
-  def __init__(self, module, opt_spec=None, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    self.module = module
-    self.named = dict(module.named_parameters())
-    spec = opt_spec(self.named) if opt_spec else list(self.named.values())
-    self.opt = torch.optim.NAdam(spec, **{"lr": LR, **kwargs})
-    rng = np.random.default_rng(seed)
-    self.grads = [{n: (0.1 * rng.normal(size=p.shape)).astype(np.float32)
-                   for n, p in self.named.items()} for _ in range(STEPS + MORE)]
-
-  def run(self, grads):
-    history = []
-    for gs in grads:
-      for n, p in self.named.items():
-        p.grad = torch.tensor(gs[n])
-      self.opt.step()
-      history.append(self.values())
-    return history
-
-  def values(self):
-    """The parameters as numpy, in the leaf order of ``nested(self.named)``."""
-    return jax.tree.leaves(nested({n: p.detach().numpy().copy() for n, p in self.named.items()}))
-
-  def like(self):
-    return nested({n: np.zeros(tuple(p.shape), np.float32) for n, p in self.named.items()})
+@pytest.fixture(autouse=True)
+def _seeded():
+  torch.manual_seed(0)  # the modules' initial weights: every measured gap is reproducible
 
 
 def _resume_and_compare(run, source, label, like=None, **kwargs):

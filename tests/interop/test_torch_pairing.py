@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from optax_nadam import interop
 from optax_nadam.interop._nodes import read_state
-from tests.helpers.torch_runs import write_safetensors
+from tests.helpers.torch_runs import ModuleRun, write_safetensors
 
 SHAPES = [(2,), (3,), (2, 2)]
 
@@ -49,13 +49,11 @@ def test_moments_land_on_their_parameters_or_the_import_refuses(tmp_path_factory
     sub = torch.nn.Module()
     sub.weight = torch.nn.Parameter(torch.randn(shape))
     model.add_module(name.split(".")[0], sub)
-  params = dict(model.named_parameters())
-  opt = torch.optim.NAdam([dict(params=[(names[i], params[names[i]]) if named
-                                        else params[names[i]] for i in g]) for g in groups])
-  for _ in range(2):
-    for p in params.values():
-      p.grad = torch.randn(p.shape)
-    opt.step()
+  run = ModuleRun(model, steps=2, opt_spec=lambda p: [
+      dict(params=[(names[i], p[names[i]]) if named else p[names[i]] for i in g])
+      for g in groups])
+  run.run(run.grads)
+  opt, params = run.opt, run.named
   folder = tmp_path_factory.mktemp("run")
   if layout == "hf":
     write_safetensors(folder / "model.safetensors", model.state_dict())
