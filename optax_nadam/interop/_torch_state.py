@@ -150,6 +150,35 @@ def _refuse(params: Sequence[TorchParam], why: str, where: str) -> ValueError:
       "[[n for n, p in model.named_parameters() if n in group0], ...]).")
 
 
+def _by_names(params: List[TorchParam], model: Optional[dict],
+              entry_leaf: Optional[List[Optional[int]]], like: Any,
+              layout: Any) -> Optional[List[int]]:
+  """Each parameter's leaf by its name; None when like's names are not the model's at all."""
+  leaves = pairing.like_leaves(like)
+  index = {n: i for i, n in enumerate(leaves.names)}
+  names = pairing.strip_prefixes([p.name for p in params], leaves)
+  model_names = list(model or {})
+  entry_of = dict(zip(pairing.strip_prefixes(model_names, leaves), model_names))
+  out: List[Optional[int]] = []
+  for p, name in zip(params, names):
+    entry = model.get(entry_of.get(name)) if model else None
+    shape = np.shape(p.slot.m) if p.slot.m is not None else (entry.shape if entry else ())
+    leaf = index.get(pairing.torch_name(name, tuple(shape), layout)[0])
+    if leaf is None and entry is not None and entry.tie is not None and entry_leaf is not None:
+      tied = [entry_leaf[k] for k, e in enumerate(model.values())
+              if e.tie == entry.tie and entry_leaf[k] is not None]
+      leaf = tied[0] if tied else None
+    out.append(leaf)
+  if all(i is None for i in out) and not callable(getattr(layout, "leaf_name", None)):
+    return None  # e.g. a list: pair as if torch had written no names
+  for p, i in zip(params, out):
+    if i is None:
+      raise ValueError(f"{p.slot.where}: its name {p.name!r} names no params leaf "
+                       f"({leaves.names[:8]}...); pass a layout or like tree with the "
+                       "model's names (e.g. layout=interop.torch_to_flax).")
+  return out
+
+
 def pair_optimizer(params: List[TorchParam], model: Optional[dict], ordered: bool,
                    entry_leaf: Optional[List[Optional[int]]], like: Any, layout: Any,
                    where: str) -> List[int]:
@@ -169,26 +198,9 @@ def pair_optimizer(params: List[TorchParam], model: Optional[dict], ordered: boo
   if not stepped or len(params) != n_leaves:
     return list(range(len(params)))  # nothing to pair, or a count mismatch (named later)
   if all(p.name is not None for p in params):
-    leaves = pairing.like_leaves(like)
-    index = {n: i for i, n in enumerate(leaves.names)}
-    names = pairing.strip_prefixes([p.name for p in params], leaves)
-    model_names = list(model or {})
-    entry_of = dict(zip(pairing.strip_prefixes(model_names, leaves), model_names))
-    out = []
-    for p, name in zip(params, names):
-      entry = model.get(entry_of.get(name)) if model else None
-      shape = np.shape(p.slot.m) if p.slot.m is not None else (entry.shape if entry else ())
-      leaf = index.get(pairing.torch_name(name, tuple(shape), layout)[0])
-      if leaf is None and entry is not None and entry.tie is not None:
-        tied = [entry_leaf[k] for k, e in enumerate(model.values())
-                if e.tie == entry.tie and entry_leaf[k] is not None]
-        leaf = tied[0] if tied else None
-      if leaf is None:
-        raise ValueError(f"{p.slot.where}: its name {p.name!r} names no params leaf "
-                         f"({leaves.names[:8]}...); pass a layout or like tree with the "
-                         "model's names (e.g. layout=interop.torch_to_flax).")
-      out.append(leaf)
-    return out
+    out = _by_names(params, model, entry_leaf, like, layout)
+    if out is not None:
+      return out
   groups = len({p.group for p in params})
   if groups == 1 and model is not None and ordered and entry_leaf is not None:
     names = list(model)

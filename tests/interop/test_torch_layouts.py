@@ -293,3 +293,16 @@ def test_state_from_torch_follows_the_same_rule(tmp_path):
   want = run.opt.state_dict()["state"]
   np.testing.assert_array_equal(state[0].m["norm"]["bias"], want[3]["exp_avg"].numpy())
   np.testing.assert_array_equal(state[0].m["down"]["weight"], want[1]["exp_avg"].numpy())
+
+
+def test_torchs_param_names_with_a_list_like_pair_by_the_other_rules():
+  import optax_nadam
+
+  run = ModuleRun(Net(), opt_spec=lambda named: list(named.items()))  # param_names written
+  run.run(run.grads[:STEPS])
+  assert run.opt.state_dict()["param_groups"][0]["param_names"] == list(run.named)
+  mid = [p.detach().numpy().copy() for p in run.named.values()]  # a list: no names
+  tx = optax_nadam.nadam(LR, eps=1e-8)
+  state = interop.state_from_torch(run.opt, tx, mid)  # one group: the optimizer's order
+  for leaf, p in zip(state[0].m, run.named.values()):
+    np.testing.assert_array_equal(leaf, run.opt.state[p]["exp_avg"].numpy())
