@@ -249,6 +249,23 @@ def test_hf_folder_with_pytorch_model_bin_in_model_order(tmp_path):
     interop.resume_from_torch(folder, run.like())
 
 
+def test_hf_folder_with_sharded_pytorch_model_bin(tmp_path):
+  run = ModuleRun(Net())  # unique shapes: the index file's sorted names still pair by shape
+  run.run(run.grads[:STEPS])
+  folder = tmp_path / "ck"
+  folder.mkdir()
+  sd = run.module.state_dict()
+  shards = {"pytorch_model-00001-of-00002.bin": ["fc1.weight", "fc1.bias"],
+            "pytorch_model-00002-of-00002.bin": ["fc2.weight", "fc2.bias"]}
+  for shard, keys in shards.items():
+    torch.save({k: sd[k] for k in keys}, folder / shard)
+  (folder / "pytorch_model.bin.index.json").write_text(json.dumps(
+      {"metadata": {}, "weight_map": {k: s for s, keys in shards.items() for k in keys}},
+      sort_keys=True))
+  torch.save(run.opt.state_dict(), folder / "optimizer.pt")
+  _resume_and_compare(run, folder, "HF folder (sharded pytorch_model.bin + index, one group)")
+
+
 # ------------------------------------------------------------------------------- DCP
 
 
