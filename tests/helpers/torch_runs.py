@@ -130,11 +130,11 @@ class ModuleRun(TorchRun):
     return nested({n: np.zeros(tuple(p.shape), np.float32) for n, p in self.named.items()})
 
 
-def saved(tmp_path, steps=5, name="ckpt.pt", checkpoint=None, **kwargs):
+def saved(tmp_path, steps=5, name="ckpt.pt", checkpoint=None, grad_scale=0.1, **kwargs):
   """A torch run saved after `steps` steps: (path, run, mid params, remaining grads)."""
   import torch
 
-  params, grads = problem(steps + MORE)
+  params, grads = problem(steps + MORE, scale=grad_scale)
   run = TorchRun(params, **kwargs)
   run.run(grads[:steps])
   path = tmp_path / name
