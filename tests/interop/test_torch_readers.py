@@ -114,3 +114,14 @@ def test_a_folder_that_is_no_checkpoint_is_named(tmp_path):
   with pytest.raises(FileFormatError, match=r"is not a checkpoint this reader knows: no "
                      r"\.metadata .*model\.safetensors.*optimizer\.pt"):
     interop.params_from_torch(tmp_path, {"w": np.zeros(3, np.float32)})
+
+
+def test_an_index_naming_a_file_outside_its_folder_is_refused(tmp_path):
+  (tmp_path / "secret.safetensors").write_bytes(b"")
+  folder = tmp_path / "ck"
+  folder.mkdir()
+  (folder / "model.safetensors.index.json").write_text(json.dumps(
+      {"weight_map": {"w": "../secret.safetensors"}}))
+  with pytest.raises(FileFormatError, match=r"index file '.*model\.safetensors\.index\.json' has "
+                     "no weight_map of names to shard files in its folder"):
+    interop.params_from_torch(folder, {"w": np.zeros(3, np.float32)})
