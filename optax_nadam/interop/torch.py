@@ -68,7 +68,8 @@ def resume_from_torch(
       fill one leaf.
     like: the params tree with the wanted structure, shapes and dtypes: e.g.
       Flax Linen ``variables`` (``batch_stats`` receive BatchNorm's running
-      statistics), ``nnx.state(model)`` (`nnx.BatchStat` too), or a list in
+      statistics), ``nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))``,
+      or a list in
       ``model.parameters()`` order.
     layout: ``(params_leaf_path, array) -> array`` for every weight and
       moment; with ``leaf_name`` (`torch_to_flax`) it also names leaves.

@@ -211,12 +211,14 @@ def test_batchnorm_statistics_into_nnx_batchstat(tmp_path):
     def __init__(self, rngs):
       self.fc = nnx.Linear(3, 4, rngs=rngs)
       self.bn = nnx.BatchNorm(4, use_running_average=True, rngs=rngs)
+      self.drop = nnx.Dropout(0.1, rngs=rngs)
       self.out = nnx.Linear(4, 2, rngs=rngs)
 
   model = Net(nnx.Rngs(0))
   run = _bn_run(tmp_path)
   net, grads = run.module, run.grads[5:]
-  params, tx, opt_state = interop.resume_from_torch(tmp_path / "bn.pt", nnx.state(model),
+  like = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))  # not Dropout's RNG state
+  params, tx, opt_state = interop.resume_from_torch(tmp_path / "bn.pt", like,
                                                     layout=interop.torch_to_flax)
   nnx.update(model, params)
   np.testing.assert_array_equal(model.bn.mean[...], net.bn.running_mean.numpy())
