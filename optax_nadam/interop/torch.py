@@ -69,8 +69,7 @@ def resume_from_torch(
     like: the params tree with the wanted structure, shapes and dtypes: e.g.
       Flax Linen ``variables`` (``batch_stats`` receive BatchNorm's running
       statistics), ``nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))``,
-      or a list in
-      ``model.parameters()`` order.
+      or a list in ``model.parameters()`` order.
     layout: ``(params_leaf_path, array) -> array`` for every weight and
       moment; with ``leaf_name`` (`torch_to_flax`) it also names leaves.
     key: the checkpoint entry holding the optimizer state dict (an int picks
