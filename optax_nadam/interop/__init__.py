@@ -1,8 +1,12 @@
 """Move NAdam optimizer state and weights between Keras / PyTorch and optax_nadam.
 
-`state_from_torch` and `state_from_keras` read a trained peer optimizer
-(`torch.optim.NAdam`, its ``state_dict()`` or a `torch.save` file; tf-keras
-legacy `tf_keras.optimizers.legacy.Nadam`, Keras 3 `keras.optimizers.Nadam`)
+`resume_from_torch` reads a torch checkpoint (file, Lightning ``.ckpt``, Hugging
+Face folder, DCP directory, dict) once and returns ``(params, tx, opt_state)``,
+tx built from the checkpoint's hyperparameters; `nnx_optimizer` puts such a
+state into an ``nnx.Optimizer``. `state_from_torch` and `state_from_keras`
+read a trained peer optimizer (`torch.optim.NAdam`, its ``state_dict()`` or
+a `torch.save` file; tf-keras legacy `tf_keras.optimizers.legacy.Nadam`, Keras
+3 `keras.optimizers.Nadam`)
 and return the state of ``tx.init(params)`` with the step count, the
 mu-product and the moments filled in, so that training continues on the
 peer's trajectory. `params_from_torch` and `params_from_keras` read the model's
@@ -11,11 +15,13 @@ tf-keras ``.h5`` model or a TF checkpoint, read as data (the model's code is
 never imported).
 `state_to_torch` and `state_to_keras` go the other way.
 
-Matching is by position (the peer's i-th variable is
-``jax.tree.leaves(params)[i]``), or by name with a naming `layout` such as
-`torch_to_flax`. A `layout` ``(params_leaf_path, array) -> array`` is applied
-to every weight and moment read (a torch ``Linear`` weight is ``(out, in)``,
-a Flax ``Dense`` kernel ``(in, out)``). Counts, shapes, dtypes and values are
+Which peer variable fills which params leaf is proven (torch: by names, by the
+order torch guarantees for one param group beside a state dict torch saved, or
+by shapes that leave one assignment) or refused with a ValueError saying how
+to give the names (docs/migration.md, "The pairing rule"). A `layout`
+``(params_leaf_path, array) -> array`` is applied to every weight and moment
+read (a torch ``Linear`` weight is ``(out, in)``, a Flax ``Dense`` kernel
+``(in, out)``). Counts, shapes, dtypes and values are
 validated and every error names the variable and the params leaf path.
 
 The import checks tx's whole next step against the peer's hyperparameters
@@ -26,11 +32,13 @@ allows a deliberate change. The momentum schedule check (``check_schedule``)
 catches Keras 3's ``momentum_decay=1.0``.
 
 Nothing is evaluated or unpickled: files are read with
-``torch.load(weights_only=True)``; in-memory state dicts must hold tensors,
-numpy arrays and numbers only.
+``torch.load(weights_only=True)``, safetensors by a bounded reader of our own,
+DCP metadata by an unpickler limited to checkpoint-metadata classes;
+in-memory state dicts must hold tensors, numpy arrays and numbers only.
 """
 
 from optax_nadam.interop._check import PeerHyperparams
+from optax_nadam.interop._nnx import nnx_optimizer
 from optax_nadam.interop.keras import (
     optimizer_config_from_keras,
     params_from_keras,
@@ -39,9 +47,15 @@ from optax_nadam.interop.keras import (
     state_to_keras,
 )
 from optax_nadam.interop.layout import TorchToFlax, torch_linear_to_flax, torch_to_flax
-from optax_nadam.interop.torch import params_from_torch, state_from_torch, state_to_torch
+from optax_nadam.interop.torch import (
+    params_from_torch,
+    resume_from_torch,
+    state_from_torch,
+    state_to_torch,
+)
 
-__all__ = ["PeerHyperparams", "TorchToFlax", "optimizer_config_from_keras", "params_from_keras",
-           "params_from_torch", "resume_from_keras", "state_from_keras",
+__all__ = ["PeerHyperparams", "TorchToFlax", "nnx_optimizer", "optimizer_config_from_keras",
+           "params_from_keras", "params_from_torch", "resume_from_keras", "resume_from_torch",
+           "state_from_keras",
            "state_from_torch", "state_to_keras", "state_to_torch", "torch_linear_to_flax",
            "torch_to_flax"]

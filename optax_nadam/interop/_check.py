@@ -12,13 +12,22 @@ the hyperparameters:
 - ``g = 0, p = params``: adds the weight decay (coupled or decoupled);
 - ``g = delta, p = 0`` (``delta`` 1% of the gradient scale ``sqrt(v_hat)``,
   below any sane clipping threshold): the sign of the gradient (maximize);
+- ``m = eps * sign, v = 0, g = 0`` (crafted moments): the step is ``lr * m /
+  eps`` up to the schedule's coefficients, so eps moves it one to one (a 10x
+  eps difference changes it 10x, where the imported moments, with
+  ``sqrt(v_hat)`` far above eps, hide it);
+- ``m = 0, v = 0, g = delta``: the gradient alone sets the step, through
+  ``(1 - b2) / (1 - b2 ** t)`` instead of the imported moments'
+  ``b2 / (1 - b2 ** t)``, so b2 and the learning rate (a pure scale) move
+  the probes differently and are told apart;
 - ``g = big, p = 0``, only for peers that clip inside the optimizer (Keras
   ``clipnorm`` / ``clipvalue`` / ``global_clipnorm``): the clipping.
 
 On a mismatch, the hyperparameter is named by estimating tx's value of each
-one in turn (learning rate, eps, weight decay, maximize, clipping) and keeping
-the one whose peer step then matches the probes. ``tx.update`` is functional:
-the probes never change the state that is returned.
+one in turn (learning rate, eps, weight decay, maximize, b2) and keeping the
+one whose peer step then matches every probe; when none or several do, the
+message says no single one explains it. ``tx.update`` is functional: the
+probes never change the state that is returned.
 
 How to call it (the Keras front does so through
 ``build_state(..., hyperparams=[...], check_hyperparams=True)``)::
@@ -34,14 +43,17 @@ where `state` is the filled state for `params` (steps counters synced) and
 ['w'])"``).
 """
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_nadam.interop._nodes import find_nadam_states, read_state
+from optax_nadam import _tree
+from optax_nadam._tree import path_str
+from optax_nadam.interop._nodes import find_nadam_states, param_paths, read_state
 from optax_nadam.interop._peer_step import PeerHyperparams, peer_step
+from optax_nadam.transform import ScaleByNadamState
 
 # tx computes the step in float32 from float32 state: agreement to ~1e-6 of the
 # leaf's step scale. The smallest mismatch the probes must see (the sign of the
@@ -50,37 +62,75 @@ RTOL = 1e-4
 _CLIP_PROBE = "g=big, p=0"
 
 
-def probes(hypers: Sequence[PeerHyperparams], leaves: Sequence[Any],
-           params: Sequence[np.ndarray]) -> List[tuple]:
-  """``[(name, grads, params), ...]``: the probe inputs (see the module docstring)."""
-  zeros = [np.zeros(np.shape(p)) for p in params]
-  small, big = [], []
-  for h, (count, _, _, v), p in zip(hypers, leaves, params):
+class Probe(NamedTuple):
+  """One probe: tx's update from `state` on `grads` at `params` (per leaf float64 lists)."""
+
+  name: str
+  grads: List[np.ndarray]
+  params: List[np.ndarray]
+  state: Any  # the imported state, or one with crafted moments
+  leaves: List[Any]  # per leaf (count, mu_product, m, v) of `state`, as tx sees them
+
+
+def _with_moments(state: Any, params: Any, m: Sequence[Any], v: Sequence[Any]) -> Any:
+  """`state` with every nadam node's moments replaced (per params leaf, in its dtype)."""
+  index = {p: i for i, p in enumerate(param_paths(params))}
+
+  def fill(_, node):
+    def put(values):
+      return lambda p, x: jnp.asarray(values[index[path_str(p)]], x.dtype)
+    return node._replace(m=jax.tree_util.tree_map_with_path(put(m), node.m),
+                         v=jax.tree_util.tree_map_with_path(put(v), node.v))
+
+  return _tree.map_nodes(state, ScaleByNadamState, fill)
+
+
+def probes(hypers: Sequence[PeerHyperparams], state: Any, params: Any) -> List[Probe]:
+  """The probes (see the module docstring), rounded to what tx sees."""
+  values = [np.asarray(x) for x in jax.tree.leaves(params)]
+  leaves = read_state(state, params)
+  rounded = lambda xs: [np.asarray(np.asarray(x, v.dtype), np.float64)  # noqa: E731
+                        for x, v in zip(xs, values)]
+  zeros = [np.zeros(np.shape(p)) for p in values]
+  small, big, unit_m = [], [], []
+  for h, (count, _, _, v), p in zip(hypers, leaves, values):
     scale = np.sqrt(np.asarray(v, np.float64) / (1.0 - h.b2 ** max(count, 1)))
     scale = np.where(scale > 0, scale, 0.1)
     sign = np.where(np.arange(np.size(p)).reshape(np.shape(p)) % 2 == 0, 1.0, -1.0)
     small.append(0.01 * scale * sign)
     big.append(1e3 * (scale + 1.0) * sign)
-  out = [("g=0, p=0", zeros, zeros), ("g=0, p=params", zeros, list(params)),
-         ("g=delta, p=0", small, zeros)]
+    unit_m.append(h.eps * sign)  # with v = 0 the step is lr * m / eps: eps moves it 1:1
+  out = [Probe("g=0, p=0", zeros, zeros, state, leaves),
+         Probe("g=0, p=params", zeros, values, state, leaves),
+         Probe("g=delta, p=0", small, zeros, state, leaves)]
+  crafted = _with_moments(state, params, unit_m, zeros)
+  out.append(Probe("m=eps, v=0, g=0, p=0", zeros, zeros, crafted, read_state(crafted, params)))
+  # m = v = 0: the gradient alone sets the step, with another dependence on b2
+  # than the imported moments have: b2 and the learning rate are told apart.
+  crafted = _with_moments(state, params, zeros, zeros)
+  out.append(Probe("m=0, v=0, g=delta, p=0", small, zeros, crafted, read_state(crafted, params)))
   if any(h.clips_in_optimizer for h in hypers):
-    out.append((_CLIP_PROBE, big, zeros))
-  return out
+    out.append(Probe(_CLIP_PROBE, big, zeros, state, leaves))
+  return [x._replace(grads=rounded(x.grads), params=rounded(x.params)) for x in out]
 
 
-def tx_steps(tx, state: Any, params: Any, inputs: Sequence[tuple]) -> Optional[List[list]]:
+def tx_steps(tx, params: Any, inputs: Sequence[Probe]) -> Optional[List[list]]:
   """tx's update on each probe, per leaf as float64; None if tx's nadam did not step."""
   like, treedef = jax.tree.flatten(params)
   as_params = lambda xs: jax.tree.unflatten(  # noqa: E731
       treedef, [np.asarray(x, np.asarray(y).dtype) for x, y in zip(xs, like)])
-  before = [int(n.count) for _, n in find_nadam_states(state)]
   out = []
-  for _, grads, ps in inputs:
-    updates, after = tx.update(as_params(grads), state, as_params(ps))
+  for probe in inputs:
+    before = [int(n.count) for _, n in find_nadam_states(probe.state)]
+    updates, after = tx.update(as_params(probe.grads), probe.state, as_params(probe.params))
     if [int(n.count) for _, n in find_nadam_states(after)] == before:
       return None  # accumulation (MultiSteps) or a skipped step: nothing to compare
     out.append([np.asarray(u, np.float64) for u in jax.tree.leaves(updates)])
   return out
+
+
+def _expected(hypers: Sequence[PeerHyperparams], inputs: Sequence[Probe]) -> List[list]:
+  return [peer_step(hypers, x.leaves, x.grads, x.params) for x in inputs]
 
 
 def gaps(expected: Sequence[list], actual: Sequence[list], i: int) -> List[float]:
@@ -115,10 +165,10 @@ def matching_tx(h: PeerHyperparams) -> str:
   return f"optax.chain({', '.join(stages + [tx])})" if stages else tx
 
 
-def _leaf_gap(h: PeerHyperparams, leaf: Any, inputs, actual, i: int) -> float:
+def _leaf_gap(h: PeerHyperparams, inputs: Sequence[Probe], actual, i: int) -> float:
   """Leaf i's largest probe gap if the peer had hyperparameters `h` (no global clip)."""
   h = h._replace(global_clipnorm=None)
-  expected = [peer_step([h], [leaf], [g[i]], [p[i]]) for _, g, p in inputs]
+  expected = [peer_step([h], [x.leaves[i]], [x.grads[i]], [x.params[i]]) for x in inputs]
   return max(gaps(expected, [[a[i]] for a in actual], 0))
 
 
@@ -138,9 +188,9 @@ def _fit(gap_of, lo: float, hi: float, zero: bool = True) -> float:
   return float(np.exp((a + b) / 2))
 
 
-def _candidates(h: PeerHyperparams, leaf: Any, inputs, actual, i: int):
+def _candidates(h: PeerHyperparams, inputs: Sequence[Probe], actual, i: int):
   """``(field, peer value, tx's estimated value, hyperparameters)`` per hyperparameter."""
-  gap = lambda x: _leaf_gap(x, leaf, inputs, actual, i)  # noqa: E731
+  gap = lambda x: _leaf_gap(x, inputs, actual, i)  # noqa: E731
   lr = _fit(lambda x: gap(h._replace(learning_rate=x)), 1e-8, 1e2)
   yield "learning_rate", h.learning_rate, lr, h._replace(learning_rate=lr)
   eps = _fit(lambda x: gap(h._replace(eps=x)), 1e-12, 1.0)
@@ -154,22 +204,22 @@ def _candidates(h: PeerHyperparams, leaf: Any, inputs, actual, i: int):
       yield "weight_decay", h.weight_decay, wd, new
     elif wd > 0:  # no weight decay is the same either way: named above
       yield "decoupled_weight_decay", h.decoupled_weight_decay, decoupled, new
-  # On small-gradient probes b2 acts almost as a scale, like the learning rate:
-  # fit it over the values peers use only, and expect both to be named then.
   b2 = 1.0 - _fit(lambda x: gap(h._replace(b2=1.0 - x)), 1e-4, 0.5, zero=False)
   yield "b2", h.b2, b2, h._replace(b2=b2)
 
 
-def diagnose(hypers: Sequence[PeerHyperparams], leaves: Sequence[Any], inputs, actual,
-             i: int, where: str, rtol: float = RTOL) -> str:
+def diagnose(hypers: Sequence[PeerHyperparams], inputs: Sequence[Probe], actual, i: int,
+             where: str, rtol: float = RTOL) -> str:
   """The error message for leaf i: which hyperparameter differs, both values, the fix.
 
   A hyperparameter is named only if changing it alone makes the peer's step
-  tx's (to 10 `rtol`); otherwise the message says no single one explains it.
+  tx's on every probe (to 10 `rtol`); otherwise the message says no single
+  one explains it. The probes move the step differently for each
+  hyperparameter (see the module docstring), so at most one fits.
   """
   h = hypers[i]
-  per_probe = gaps([peer_step(hypers, leaves, g, p) for _, g, p in inputs], actual, i)
-  probe = inputs[int(np.argmax(per_probe))][0]
+  per_probe = gaps(_expected(hypers, inputs), actual, i)
+  probe = inputs[int(np.argmax(per_probe))].name
   fix = (f"The tx that continues the peer's run: {matching_tx(h)}. If the change is "
          "deliberate (e.g. a new learning rate after resuming), pass check_hyperparams=False.")
   if probe == _CLIP_PROBE and sorted(per_probe)[-2] <= rtol:
@@ -177,20 +227,17 @@ def diagnose(hypers: Sequence[PeerHyperparams], leaves: Sequence[Any], inputs, a
     return (f"{where}: tx's next step is not the peer's: clipping differs (the peer clips "
             f"gradients with {clips}; tx does not clip a large gradient the same way). {fix}")
   # The per-leaf fits below cannot model a global norm clip: leave the clip probe out.
-  inputs, actual = zip(*[(x, a) for x, a in zip(inputs, actual) if x[0] != _CLIP_PROBE])
-  base = _leaf_gap(h, leaves[i], inputs, actual, i)
-  fits = sorted(((_leaf_gap(c[3], leaves[i], inputs, actual, i), c) for c in
-                 _candidates(h, leaves[i], inputs, actual, i)), key=lambda x: x[0])
-  # Name what fits about as well as the best (b2 and the learning rate are
-  # nearly interchangeable on small-gradient probes): both are then named.
+  inputs, actual = zip(*[(x, a) for x, a in zip(inputs, actual) if x.name != _CLIP_PROBE])
+  base = _leaf_gap(h, inputs, actual, i)
+  fits = sorted(((_leaf_gap(c[3], inputs, actual, i), c) for c in
+                 _candidates(h, inputs, actual, i)), key=lambda x: x[0])
+  # Named: what fits about as well as the best (and within 10 rtol); one, or none is.
   named = [c for g, c in fits if g <= min(10 * rtol, 3 * fits[0][0] + RTOL)]
-  if named:
+  if len(named) == 1:
     fmt = lambda x: f"{x:.4g}" if isinstance(x, float) else str(x)  # noqa: E731
-    fields = " or ".join(c[0] for c in named)
-    theirs = ", ".join(f"{c[0]}={fmt(c[1])}" for c in named)
-    ours = " or ".join(f"{c[0]}={fmt(c[2])}" for c in named)
-    return (f"{where}: tx's next step is not the peer's: {fields} differs (the peer has "
-            f"{theirs}, tx steps as with {ours}). {fix}")
+    field, theirs, ours, _ = named[0]
+    return (f"{where}: tx's next step is not the peer's: {field} differs (the peer has "
+            f"{field}={fmt(theirs)}, tx steps as with {field}={fmt(ours)}). {fix}")
   return (f"{where}: tx's next step is not the peer's (it differs by {base:.2g} of the "
           f"step's scale on the probe {probe!r}) and no single hyperparameter explains it. "
           f"The peer's hyperparameters: {h}. {fix}")
@@ -216,19 +263,15 @@ def check_step(tx, state: Any, params: Any, hypers: Sequence[PeerHyperparams],
     ValueError: naming the leaf, the hyperparameter, the peer's value and tx's
       (estimated) value, and the tx that continues the peer's run.
   """
-  leaves = read_state(state, params)
-  values = [np.asarray(x) for x in jax.tree.leaves(params)]
-  # What tx sees: the probes rounded to the params' dtypes.
-  inputs = [(name, [np.asarray(np.asarray(x, v.dtype), np.float64) for x, v in zip(g, values)],
-             [np.asarray(np.asarray(x, v.dtype), np.float64) for x, v in zip(p, values)])
-            for name, g, p in probes(hypers, leaves, values)]
-  actual = tx_steps(tx, state, params, inputs)
+  inputs = probes(hypers, state, params)
+  actual = tx_steps(tx, params, inputs)
   if actual is None:
     return
-  expected = [peer_step(hypers, leaves, g, p) for _, g, p in inputs]
-  for i, v in enumerate(values):
+  expected = _expected(hypers, inputs)
+  for i, v in enumerate(jax.tree.leaves(params)):
+    dtype = np.asarray(v).dtype
     # Half-precision params round tx's step to a few bits: only coarse mismatches show.
-    rtol = max(RTOL, 8 * float(jnp.finfo(v.dtype).eps)) if jnp.issubdtype(
-        v.dtype, jnp.floating) else RTOL
+    rtol = max(RTOL, 8 * float(jnp.finfo(dtype).eps)) if jnp.issubdtype(
+        dtype, jnp.floating) else RTOL
     if max(gaps(expected, actual, i)) > rtol:
-      raise ValueError(diagnose(hypers, leaves, inputs, actual, i, where[i], rtol))
+      raise ValueError(diagnose(hypers, inputs, actual, i, where[i], rtol))

@@ -107,22 +107,11 @@ def reference_nadam(
 def run_torch(params, grads, lr, b1, b2, eps, momentum_decay, weight_decay=0.0,
               decoupled=False, clip_norm=None):
   """torch.optim.NAdam on the gradient sequence; params after every step."""
-  import torch
+  from tests.helpers.torch_runs import TorchRun
 
-  ps = [torch.tensor(np.array(x), requires_grad=True) for x in params]
-  opt = torch.optim.NAdam(
-      ps, lr=lr, betas=(b1, b2), eps=eps, momentum_decay=momentum_decay,
-      weight_decay=weight_decay, decoupled_weight_decay=decoupled,
-  )
-  history = []
-  for gs in grads:
-    for p, g in zip(ps, gs):
-      p.grad = torch.tensor(np.array(g))
-    if clip_norm is not None:
-      torch.nn.utils.clip_grad_norm_(ps, clip_norm)
-    opt.step()
-    history.append([p.detach().numpy().copy() for p in ps])
-  return history
+  return TorchRun(params, lr=lr, betas=(b1, b2), eps=eps, momentum_decay=momentum_decay,
+                  weight_decay=weight_decay, decoupled_weight_decay=decoupled,
+                  clip=clip_norm).run(grads)
 
 
 def run_tf_legacy(params, grads, lr, b1, b2, eps, momentum_decay):
@@ -172,6 +161,18 @@ def max_rel_gap(history_a, history_b, scale_of):
   return gap
 
 
+def gap(ours, theirs, label=None):
+  """The gap metric of the parity tests: `max_rel_gap` with the peer's `param_scale`.
+
+  With a `label`, prints it (``pytest -s`` shows every measured gap).
+  """
+  measured = max_rel_gap(ours, theirs, param_scale(theirs))
+  if label is not None:
+    print(f"\ngap, {label}: {measured:.2e} (max over {len(theirs)} steps, relative to each "
+          "param's scale)")
+  return measured
+
+
 def max_abs_error(history, reference):
   """Max over steps and leaves of |x - ref| (in float64, or complex128 for complex)."""
   return max(
@@ -181,8 +182,12 @@ def max_abs_error(history, reference):
   )
 
 
-def run_ours(tx, params, grads):
-  """Our optimizer `tx` (jitted step) on the gradient sequence."""
+def continue_optax(tx, state, params, grads, with_state=False):
+  """Our optimizer `tx` (jitted step) from `state` on the gradient sequence.
+
+  `params` and each step's gradients are trees of one structure. Returns the
+  params' leaves after every step (and the final state `with_state`).
+  """
   import jax
   import optax
 
@@ -191,13 +196,19 @@ def run_ours(tx, params, grads):
     updates, state = tx.update(gs, state, ps)
     return optax.apply_updates(ps, updates), state
 
-  ps = [jax.numpy.asarray(x) for x in params]
-  state = tx.init(ps)
+  ps = jax.tree.map(jax.numpy.asarray, params)
   history = []
   for gs in grads:
-    ps, state = step(ps, state, [jax.numpy.asarray(g) for g in gs])
-    history.append([np.asarray(x) for x in ps])
-  return history
+    ps, state = step(ps, state, jax.tree.map(jax.numpy.asarray, gs))
+    history.append([np.asarray(x) for x in jax.tree.leaves(ps)])
+  return (history, state) if with_state else history
+
+
+def run_ours(tx, params, grads):
+  """Our optimizer `tx` from ``tx.init`` on the gradient sequence."""
+  import jax
+
+  return continue_optax(tx, tx.init([jax.numpy.asarray(x) for x in params]), params, grads)
 
 
 def param_scale(history):

@@ -19,7 +19,8 @@ from optax_nadam import interop
 from optax_nadam.interop import _check as hyper
 from optax_nadam.interop._nodes import read_state
 from optax_nadam.interop._peer_step import PeerHyperparams, peer_step
-from tests.helpers.torch_runs import LR, TOL, TorchRun, continue_optax, gap, problem, saved
+from tests.helpers.reference import continue_optax, gap
+from tests.helpers.torch_runs import LR, TOL, TorchRun, problem, saved
 
 
 def _nadam(**kw):
@@ -44,30 +45,39 @@ MISMATCHES = {
     "maximize": (dict(maximize=True), r"maximize differs \(the peer has maximize=True, tx steps "
                  r"as with maximize=False\)", r"optax\.chain\(optax\.scale\(-1\.0\), ",
                  lambda: optax.chain(optax.scale(-1.0), _nadam())),
-    # On the probes b2 acts almost as a scale: the learning rate may be named beside it.
-    "b2": (dict(betas=(0.9, 0.99)), r"b2( or learning_rate)? differs \(the peer has b2=0\.99,"
-           r".* tx steps as with b2=0\.999", r"b2=0\.99,", lambda: _nadam(b2=0.99)),
+    "b2": (dict(betas=(0.9, 0.99)), r"b2 differs \(the peer has b2=0\.99, tx steps as with "
+           r"b2=0\.999", r"b2=0\.99,", lambda: _nadam(b2=0.99)),
+    # The README's trap: torch's eps 1e-8 continued by our default eps 1e-7.
+    "eps_default": (dict(eps=1e-8), r"eps differs \(the peer has eps=1e-08, tx steps as with "
+                    r"eps=1e-07\)", r"eps=1e-08", lambda: _nadam()),
+    "eps_10x": (dict(eps=1e-7), r"eps differs \(the peer has eps=1e-07, tx steps as with "
+                r"eps=1e-08\)", r"eps=1e-07", lambda: optax_nadam.nadam(LR, eps=1e-7)),
 }
 
 
 @pytest.mark.parametrize("name", sorted(MISMATCHES))
 def test_a_hyperparameter_mismatch_is_refused_and_named(tmp_path, name):
   kwargs, message, fix, matching = MISMATCHES[name]
-  path, run, mid, grads = saved(tmp_path, **kwargs)
+  # eps 1e-7 vs 1e-8 moves a run only where sqrt(v) is near eps: gradients ~1e-7 there.
+  path, run, mid, grads = saved(tmp_path, grad_scale=1e-7 if name.startswith("eps_") else 0.1,
+                                **kwargs)
+  # eps_default: tx is our default nadam(lr) (eps 1e-7), the README's trap.
+  wrong_tx = {"eps_default": lambda: optax_nadam.nadam(LR)}.get(name, _nadam)
   with pytest.raises(ValueError, match=message) as refused:
-    interop.state_from_torch(path, _nadam(), mid)
+    interop.state_from_torch(path, wrong_tx(), mid)
+  print(f"\nrefused ({name}): {refused.value}")
   assert "check_hyperparams=False" in str(refused.value)
   assert refused.match(fix)
   theirs = run.run(grads)
-  wrong = continue_optax(_nadam(), interop.state_from_torch(
-      path, _nadam(), mid, check_hyperparams=False), mid, grads)
+  wrong = continue_optax(wrong_tx(), interop.state_from_torch(
+      path, wrong_tx(), mid, check_hyperparams=False), mid, grads)
   measured = gap(wrong, theirs)
-  print(f"\nhyperparameter gap, torch {kwargs} imported into nadam(1e-2, eps=1e-8): "
-        f"{measured:.2e} after {len(grads)} steps")
-  assert measured > 10 * TOL
   tx = matching()
-  ours = continue_optax(tx, interop.state_from_torch(path, tx, mid), mid, grads)
-  assert gap(ours, theirs) <= TOL
+  right = gap(continue_optax(tx, interop.state_from_torch(path, tx, mid), mid, grads), theirs)
+  print(f"\nhyperparameter gap, torch {kwargs} continued by the wrong tx: {measured:.2e}, by "
+        f"the matching tx: {right:.2e} after {len(grads)} steps")
+  assert right <= TOL
+  assert measured > 10 * TOL
 
 
 def test_the_probe_does_not_change_the_state(tmp_path):

@@ -14,7 +14,8 @@ from flax import nnx
 
 import optax_nadam
 from optax_nadam import interop
-from tests.helpers.torch_runs import LR, TOL, continue_optax, gap, saved
+from tests.helpers.reference import continue_optax, gap
+from tests.helpers.torch_runs import LR, TOL, ModuleRun, saved
 
 
 def test_torch_linear_to_flax_transposes_matrices_only():
@@ -124,13 +125,11 @@ def test_worked_example_torch_mlp_checkpoint_continued_with_nnx_optimizer(tmp_pa
   torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3}, path)
 
   net = _MLP(nnx.Rngs(0))
-  nnx.update(net, interop.params_from_torch(path, nnx.state(net, nnx.Param),
-                                            layout=interop.torch_to_flax))
-  tx = optax_nadam.nadam(1e-2, eps=1e-8)
-  optimizer = nnx.Optimizer(net, tx, wrt=nnx.Param)
-  params = nnx.as_pure(nnx.state(net, nnx.Param))
-  state = interop.state_from_torch(path, tx, params, layout=interop.torch_to_flax)
-  nnx.update(optimizer.opt_state, nnx.state(state))
+  params, tx, opt_state = interop.resume_from_torch(path, nnx.state(net, nnx.Param),
+                                                    layout=interop.torch_to_flax)
+  nnx.update(net, params)
+  optimizer = interop.nnx_optimizer(net, tx, opt_state)
+  assert int(optimizer.step[...]) == 5
 
   @nnx.jit
   def train_step(net, optimizer, x, y):
@@ -138,17 +137,107 @@ def test_worked_example_torch_mlp_checkpoint_continued_with_nnx_optimizer(tmp_pa
     optimizer.update(net, grads)
 
   xj, yj = jnp.asarray(x.numpy()), jnp.asarray(y.numpy())
-  diff = scale = 0.0
+  like = nnx.as_pure(nnx.state(net, nnx.Param))
+  ours, theirs = [], []
   for _ in range(20):
     torch_step()
     train_step(net, optimizer, xj, yj)
-    theirs = interop.params_from_torch(model, params, layout=interop.torch_to_flax)
-    ours = nnx.as_pure(nnx.state(net, nnx.Param))
-    diff = max([diff] + [float(jnp.max(jnp.abs(a - b))) for a, b in
-                         zip(jax.tree.leaves(ours), jax.tree.leaves(theirs))])
-    scale = max([scale] + [float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(theirs)])
-  print(f"\nNNX continuation of a torch MLP checkpoint: gap {diff / scale:.2e} after 20 steps")
-  assert diff / scale <= TOL
+    theirs.append(jax.tree.leaves(interop.params_from_torch(model, like,
+                                                            layout=interop.torch_to_flax)))
+    ours.append(jax.tree.leaves(nnx.as_pure(nnx.state(net, nnx.Param))))
+  assert gap(ours, theirs, "NNX continuation of a torch MLP checkpoint (nnx_optimizer)") <= TOL
+  with pytest.raises(ValueError, match="does not have the structure of tx.init"):
+    interop.nnx_optimizer(net, tx, opt_state[0])
+
+
+class _TorchBN(torch.nn.Module):
+  def __init__(self):
+    super().__init__()
+    self.fc = torch.nn.Linear(3, 4)
+    self.bn = torch.nn.BatchNorm1d(4)
+    self.out = torch.nn.Linear(4, 2)
+
+
+def _bn_run(tmp_path):
+  """A torch net with BatchNorm: running statistics from 3 forward passes, 5 NAdam steps."""
+  torch.manual_seed(0)
+  net = _TorchBN()
+  for _ in range(3):
+    net.bn(net.fc(torch.randn(16, 3) + 2.0))  # train mode: the running statistics move
+  run = ModuleRun(net, weight_decay=0.01)
+  run.run(run.grads[:5])
+  torch.save({"model": net.state_dict(), "optimizer": run.opt.state_dict()}, tmp_path / "bn.pt")
+  return run
+
+
+def _flax_name(name):
+  scope, last = name.split(".")
+  return scope, {"weight": "kernel" if scope != "bn" else "scale", "bias": "bias"}[last]
+
+
+def _as_flax(values):
+  """{torch name: array} -> Flax params (kernels transposed)."""
+  out = {}
+  for n, v in values.items():
+    scope, leaf = _flax_name(n)
+    out.setdefault(scope, {})[leaf] = v.T if leaf == "kernel" else v
+  return out
+
+
+def test_batchnorm_statistics_into_linen_batch_stats(tmp_path):
+  import flax.linen as nn
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = nn.BatchNorm(use_running_average=True, name="bn")(nn.Dense(4, name="fc")(x))
+      return nn.Dense(2, name="out")(h)
+
+  variables = Net().init(jax.random.key(0), jnp.ones((2, 3)))
+  run = _bn_run(tmp_path)
+  net, grads = run.module, run.grads[5:]
+  params, tx, opt_state = interop.resume_from_torch(tmp_path / "bn.pt", variables,
+                                                    layout=interop.torch_to_flax)
+  np.testing.assert_array_equal(params["batch_stats"]["bn"]["mean"], net.bn.running_mean.numpy())
+  np.testing.assert_array_equal(params["batch_stats"]["bn"]["var"], net.bn.running_var.numpy())
+  assert float(np.min(net.bn.running_var.numpy())) != 1.0  # the statistics did move
+  ours = continue_optax(tx, opt_state, params["params"], [_as_flax(g) for g in grads])
+  theirs = [jax.tree.leaves(_as_flax(h)) for h in run.run(grads, by_name=True)]
+  assert gap(ours, theirs, "Linen variables with batch_stats (BatchNorm statistics)") <= TOL
+
+
+def test_batchnorm_statistics_into_nnx_batchstat(tmp_path):
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.fc = nnx.Linear(3, 4, rngs=rngs)
+      self.bn = nnx.BatchNorm(4, use_running_average=True, rngs=rngs)
+      self.drop = nnx.Dropout(0.1, rngs=rngs)
+      self.out = nnx.Linear(4, 2, rngs=rngs)
+
+  model = Net(nnx.Rngs(0))
+  run = _bn_run(tmp_path)
+  net, grads = run.module, run.grads[5:]
+  like = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))  # not Dropout's RNG state
+  params, tx, opt_state = interop.resume_from_torch(tmp_path / "bn.pt", like,
+                                                    layout=interop.torch_to_flax)
+  nnx.update(model, params)
+  np.testing.assert_array_equal(model.bn.mean[...], net.bn.running_mean.numpy())
+  np.testing.assert_array_equal(model.bn.var[...], net.bn.running_var.numpy())
+  optimizer = interop.nnx_optimizer(model, tx, opt_state)
+
+  @nnx.jit
+  def step(model, optimizer, g):
+    # d/dparams of sum(params * g) is g: the optimizer sees exactly torch's gradients.
+    grads = nnx.grad(lambda m: sum(jnp.sum(a * b) for a, b in zip(
+        jax.tree.leaves(nnx.as_pure(nnx.state(m, nnx.Param))), jax.tree.leaves(g))))(model)
+    optimizer.update(model, grads)
+
+  ours = []
+  for g in grads:
+    step(model, optimizer, _as_flax(g))
+    ours.append(jax.tree.leaves(nnx.as_pure(nnx.state(model, nnx.Param))))
+  theirs = [jax.tree.leaves(_as_flax(h)) for h in run.run(grads, by_name=True)]
+  assert gap(ours, theirs, "NNX state with BatchStat (BatchNorm statistics), nnx_optimizer") <= TOL
 
 
 def test_matching_by_name_needs_the_models_names(tmp_path):

@@ -20,7 +20,8 @@ import torch
 import optax_nadam
 from optax_nadam import interop, safety
 from optax_nadam import keras as okeras
-from tests.helpers.reference import make_problem, max_rel_gap, param_scale
+from tests.helpers.reference import continue_optax, gap, make_problem, max_rel_gap, param_scale
+from tests.helpers.torch_runs import TorchRun
 
 SHAPES = [(7, 5), (11,), (2, 3, 4), ()]
 N, M = 30, 30
@@ -33,64 +34,7 @@ def _problem(seed=3):
   return make_problem(SHAPES, N + M, seed=seed)
 
 
-def _continue(tx, state, params, grads):
-  """Our optimizer from `state` on `grads`; params after every step."""
-
-  @jax.jit
-  def step(ps, state, gs):
-    updates, state = tx.update(gs, state, ps)
-    return optax.apply_updates(ps, updates), state
-
-  ps = [jnp.asarray(x) for x in params]
-  history = []
-  for gs in grads:
-    ps, state = step(ps, state, [jnp.asarray(g) for g in gs])
-    history.append([np.asarray(x) for x in ps])
-  return history, state
-
-
-def _gap(ours, theirs, name):
-  gap = max_rel_gap(ours, theirs, param_scale(theirs))
-  print(f"\ninterop gap, {name}: {gap:.2e} (max over {len(theirs)} steps, relative to the "
-        "param scale)")
-  return gap
-
-
 # ------------------------------------------------------------------------------ torch
-
-
-class _Torch:
-  """torch.optim.NAdam on float32 tensors, stepping on given gradients."""
-
-  def __init__(self, params, groups=None, clip=None, schedule=None, **kwargs):
-    self.ps = [torch.tensor(np.array(x), requires_grad=True) for x in params]
-    if groups is None:
-      spec = self.ps
-    else:
-      spec = [dict(params=[self.ps[i] for i in idx], **extra) for idx, extra in groups]
-    self.opt = torch.optim.NAdam(spec, lr=LR, **kwargs)
-    self.clip = clip
-    self.sched = None if schedule is None else torch.optim.lr_scheduler.LambdaLR(
-        self.opt, schedule)
-
-  def step(self, grads, skip=()):
-    for i, (p, g) in enumerate(zip(self.ps, grads)):
-      p.grad = None if i in skip else torch.tensor(np.array(g))
-    if self.clip is not None:
-      torch.nn.utils.clip_grad_norm_(self.ps, self.clip)
-    self.opt.step()
-    if self.sched is not None:
-      self.sched.step()
-
-  def params(self):
-    return [p.detach().numpy().copy() for p in self.ps]
-
-  def run(self, grads):
-    history = []
-    for gs in grads:
-      self.step(gs)
-      history.append(self.params())
-    return history
 
 
 def _inv_time(c):
@@ -131,26 +75,26 @@ TORCH_RUNS = [(c, False) for c in sorted(TORCH_CASES)] + [
 def test_torch_import_continues_trajectory(case, from_state_dict):
   kwargs, make_tx = TORCH_CASES[case]
   params, grads = _problem()
-  peer = _Torch(params, **kwargs)
+  peer = TorchRun(params, **kwargs)
   peer.run(grads[:N])
   mid = peer.params()
   tx = make_tx()
   source = peer.opt.state_dict() if from_state_dict else peer.opt
   state = interop.state_from_torch(source, tx, mid)
   safety.check_state(state, tx.init(mid))  # the tree, shapes and dtypes of tx.init
-  ours, _ = _continue(tx, state, mid, grads[N:])
+  ours = continue_optax(tx, state, mid, grads[N:])
   theirs = peer.run(grads[N:])
-  assert _gap(ours, theirs, f"import from torch, {case}") <= TOL
+  assert gap(ours, theirs, f"import from torch, {case}") <= TOL
   if case == "default" and not from_state_dict:
-    fresh, _ = _continue(tx, tx.init(mid), mid, grads[N:])
-    assert _gap(fresh, theirs, "control: fresh tx.init instead of torch's state") > 100 * TOL
+    fresh = continue_optax(tx, tx.init(mid), mid, grads[N:])
+    assert gap(fresh, theirs, "control: fresh tx.init instead of torch's state") > 100 * TOL
   if case == "lr_schedule":
     with pytest.raises(ValueError, match=r"learning_rate differs .*learning_rate=0\.001429, tx "
                        r"steps as with learning_rate=0\.01\)"):
       interop.state_from_torch(source, tx, mid, sync_schedules=False)  # schedule at step 0
     unsynced = interop.state_from_torch(source, tx, mid, sync_schedules=False,
                                         check_hyperparams=False)
-    drift, _ = _continue(tx, unsynced, mid, grads[N:])
+    drift = continue_optax(tx, unsynced, mid, grads[N:])
     assert max_rel_gap(drift, theirs, param_scale(theirs)) > 100 * TOL
 
 
@@ -223,17 +167,17 @@ def test_keras3_import_continues_trajectory(case):
   tx = make_tx(peer)
   state = interop.state_from_keras(peer.opt, tx, mid)
   safety.check_state(state, tx.init(mid))
-  ours, final = _continue(tx, state, mid, grads[n:])
+  ours, final = continue_optax(tx, state, mid, grads[n:], with_state=True)
   theirs = peer.run(grads[n:])
-  assert _gap(ours, theirs, f"import from Keras 3, {case}") <= TOL
+  assert gap(ours, theirs, f"import from Keras 3, {case}") <= TOL
   if case == "default":
-    fresh, _ = _continue(tx, tx.init(mid), mid, grads[n:])
-    assert _gap(fresh, theirs, "control: fresh tx.init instead of Keras 3's state") > 100 * TOL
+    fresh = continue_optax(tx, tx.init(mid), mid, grads[n:])
+    assert gap(fresh, theirs, "control: fresh tx.init instead of Keras 3's state") > 100 * TOL
   if "ema" in case:
     their_ema = [np.array(v.numpy()) for v in peer.opt._model_variables_moving_average]
-    gap = max_rel_gap([jax.tree.leaves(final.ema)], [their_ema], param_scale(theirs))
-    print(f"interop gap, EMA after import from Keras 3, {case}: {gap:.2e}")
-    assert gap <= TOL
+    measured = max_rel_gap([jax.tree.leaves(final.ema)], [their_ema], param_scale(theirs))
+    print(f"interop gap, EMA after import from Keras 3, {case}: {measured:.2e}")
+    assert measured <= TOL
 
 
 def test_keras3_var_list_matches_explicitly():
@@ -244,9 +188,9 @@ def test_keras3_var_list_matches_explicitly():
   tx = optax_nadam.nadam(LR, momentum_decay=1.0)
   # params in reverse order, matched by the variables instead of by position
   state = interop.state_from_keras(peer.opt, tx, mid[::-1], var_list=peer.vs[::-1])
-  ours, _ = _continue(tx, state, mid[::-1], [gs[::-1] for gs in grads[N:]])
+  ours = continue_optax(tx, state, mid[::-1], [gs[::-1] for gs in grads[N:]])
   theirs = peer.run(grads[N:])
-  assert _gap([h[::-1] for h in ours], theirs, "import from Keras 3, var_list reversed") <= TOL
+  assert gap([h[::-1] for h in ours], theirs, "import from Keras 3, var_list reversed") <= TOL
 
 
 def test_keras3_with_the_seed_schedule_is_refused():
@@ -323,12 +267,12 @@ def test_tf_keras_legacy_import_continues_trajectory(case):
   tx = make_tx(peer)
   state = interop.state_from_keras(peer.opt, tx, mid)
   safety.check_state(state, tx.init(mid))
-  ours, _ = _continue(tx, state, mid, grads[N:])
+  ours = continue_optax(tx, state, mid, grads[N:])
   theirs = peer.run(grads[N:])
-  assert _gap(ours, theirs, f"import from tf-keras legacy, {case}") <= TOL
+  assert gap(ours, theirs, f"import from tf-keras legacy, {case}") <= TOL
   if case == "default":
-    fresh, _ = _continue(tx, tx.init(mid), mid, grads[N:])
-    assert _gap(fresh, theirs, "control: fresh tx.init instead of tf-keras legacy's state") > (
+    fresh = continue_optax(tx, tx.init(mid), mid, grads[N:])
+    assert gap(fresh, theirs, "control: fresh tx.init instead of tf-keras legacy's state") > (
         100 * TOL)
 
 
@@ -340,9 +284,9 @@ def test_tf_keras_non_legacy_nadam_import_continues_trajectory():
   mid = peer.params()
   tx = optax_nadam.nadam(LR, momentum_decay=1.0)
   state = interop.state_from_keras(peer.opt, tx, mid)
-  ours, _ = _continue(tx, state, mid, grads[N:])
+  ours = continue_optax(tx, state, mid, grads[N:])
   theirs = peer.run(grads[N:])
-  assert _gap(ours, theirs, "import from tf_keras.optimizers.Nadam (non-legacy)") <= TOL
+  assert gap(ours, theirs, "import from tf_keras.optimizers.Nadam (non-legacy)") <= TOL
 
 
 def test_tf_keras_legacy_var_list_and_mismatches():
@@ -352,10 +296,10 @@ def test_tf_keras_legacy_var_list_and_mismatches():
   mid = peer.params()
   tx = optax_nadam.nadam(LR)
   state = interop.state_from_keras(peer.opt, tx, mid[::-1], var_list=peer.vs[::-1])
-  ours, _ = _continue(tx, state, mid[::-1], [gs[::-1] for gs in grads[N:]])
+  ours = continue_optax(tx, state, mid[::-1], [gs[::-1] for gs in grads[N:]])
   theirs = peer.run(grads[N:])
-  gap = _gap([h[::-1] for h in ours], theirs, "import from tf-keras legacy, var_list reversed")
-  assert gap <= TOL
+  measured = gap([h[::-1] for h in ours], theirs, "import from tf-keras legacy, var_list reversed")
+  assert measured <= TOL
   with pytest.raises(ValueError, match=r"holds 10 weights .* params has 3 leaves"):
     interop.state_from_keras(peer.opt, tx, mid[:3])
   with pytest.raises(ValueError, match=r"Keras variable 1 \(Nadam/w1/m.*params leaf \[1\].*shape"):
@@ -371,7 +315,7 @@ def test_tf_keras_legacy_var_list_and_mismatches():
 
 def _stepped_torch(steps=3, **kwargs):
   params, grads = _problem()
-  peer = _Torch(params, **kwargs)
+  peer = TorchRun(params, **kwargs)
   peer.run(grads[:steps])
   return peer, peer.params()
 
@@ -392,7 +336,7 @@ def test_torch_wrong_shape_is_named():
 
 def test_torch_parameters_that_skipped_steps_are_refused():
   params, grads = _problem()
-  peer = _Torch(params)
+  peer = TorchRun(params)
   peer.run(grads[:3])
   peer.step(grads[3], skip={2})  # torch skips a parameter whose grad is None
   with pytest.raises(ValueError, match=r"torch parameter 2 .*params leaf \[2\]\) has taken 3 "
@@ -403,10 +347,10 @@ def test_torch_parameters_that_skipped_steps_are_refused():
 def test_torch_never_stepped_parameter():
   params, grads = _problem()
   tx = optax_nadam.nadam(LR, eps=1e-8)
-  fresh = _Torch(params)
+  fresh = TorchRun(params)
   state = interop.state_from_torch(fresh.opt, tx, params)  # no state at all: tx.init
   chex.assert_trees_all_equal(state, tx.init(params))
-  peer = _Torch(params)
+  peer = TorchRun(params)
   peer.step(grads[0], skip={1})
   with pytest.raises(ValueError, match=r"torch parameter 1 .*no optimizer state .*taken 1 steps"):
     interop.state_from_torch(peer.opt, tx, peer.params())
@@ -460,7 +404,7 @@ def test_torch_not_nadam_and_malformed_state_dicts():
     interop.state_from_torch(adam.state_dict(), tx, params)
   with pytest.raises(ValueError, match=r"no 'param_groups' key"):
     interop.state_from_torch({"state": {}}, tx, params)
-  with pytest.raises(TypeError, match="must be a torch.optim.NAdam or its state_dict"):
+  with pytest.raises(TypeError, match="must be a torch.optim.NAdam or nn.Module"):
     interop.state_from_torch([1, 2], tx, params)
 
 
@@ -487,7 +431,7 @@ def test_tx_must_hold_scale_by_nadam_once_per_param():
 
 def test_torch_import_copies_instead_of_sharing_memory():
   params, grads = _problem()
-  peer = _Torch(params)
+  peer = TorchRun(params)
   peer.run(grads[:3])
   tx = optax_nadam.nadam(LR, eps=1e-8)
   state = interop.state_from_torch(peer.opt, tx, peer.params())
@@ -513,7 +457,7 @@ def test_torch_import_casts_to_the_state_dtypes(dtype, mu_dtype):
 
 def _ours_then_export(tx, grads):
   params0, _ = _problem()
-  ours_mid, state = _continue(tx, tx.init(params0), params0, grads[:N])
+  ours_mid, state = continue_optax(tx, tx.init(params0), params0, grads[:N], with_state=True)
   return ours_mid[-1], state
 
 
@@ -521,16 +465,16 @@ def test_torch_export_continues_our_trajectory_and_round_trips():
   params0, grads = _problem()
   tx = optax_nadam.nadam(LR, eps=1e-8)
   mid, state = _ours_then_export(tx, grads)
-  peer = _Torch(mid)
+  peer = TorchRun(mid)
   interop.state_to_torch(state, mid, peer.opt)
   back = interop.state_from_torch(peer.opt, tx, mid)
   chex.assert_trees_all_equal(back, state)
-  ours, _ = _continue(tx, state, mid, grads[N:])
+  ours = continue_optax(tx, state, mid, grads[N:])
   theirs = peer.run(grads[N:])
-  assert _gap(ours, theirs, "export to torch") <= TOL
+  assert gap(ours, theirs, "export to torch") <= TOL
   with pytest.raises(ValueError, match=r"torch parameter 0 has shape \(5, 7\) but params leaf "
                      r"\[0\] has \(7, 5\)"):
-    interop.state_to_torch(state, [mid[0].T] + mid[1:], _Torch([mid[0].T] + mid[1:]).opt)
+    interop.state_to_torch(state, [mid[0].T] + mid[1:], TorchRun([mid[0].T] + mid[1:]).opt)
 
 
 def test_keras3_export_continues_our_trajectory_and_round_trips():
@@ -541,9 +485,9 @@ def test_keras3_export_continues_our_trajectory_and_round_trips():
   interop.state_to_keras(state, mid, peer.opt, var_list=peer.vs)
   back = interop.state_from_keras(peer.opt, tx, mid)
   chex.assert_trees_all_equal(back, state)
-  ours, _ = _continue(tx, state, mid, grads[N:])
+  ours = continue_optax(tx, state, mid, grads[N:])
   theirs = peer.run(grads[N:])
-  assert _gap(ours, theirs, "export to Keras 3") <= TOL
+  assert gap(ours, theirs, "export to Keras 3") <= TOL
 
 
 def test_tf_keras_legacy_export_continues_our_trajectory_and_round_trips():
@@ -556,6 +500,6 @@ def test_tf_keras_legacy_export_continues_our_trajectory_and_round_trips():
   interop.state_to_keras(state, mid, peer.opt, var_list=peer.vs)
   back = interop.state_from_keras(peer.opt, tx, mid)
   chex.assert_trees_all_equal(back, state)
-  ours, _ = _continue(tx, state, mid, grads[N:])
+  ours = continue_optax(tx, state, mid, grads[N:])
   theirs = peer.run(grads[N:])
-  assert _gap(ours, theirs, "export to tf-keras legacy") <= TOL
+  assert gap(ours, theirs, "export to tf-keras legacy") <= TOL

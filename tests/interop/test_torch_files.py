@@ -15,7 +15,8 @@ import torch
 
 import optax_nadam
 from optax_nadam import interop
-from tests.helpers.torch_runs import LR, MORE, TOL, TorchRun, continue_optax, gap, problem, saved
+from tests.helpers.reference import continue_optax, gap
+from tests.helpers.torch_runs import LR, MORE, TOL, TorchRun, problem, saved
 
 
 def _model_dict(run):
@@ -140,10 +141,10 @@ def test_a_checkpoint_that_does_not_fit_like_is_named(tmp_path):
   path, run, mid, _ = saved(tmp_path, checkpoint=lambda run, sd: {"model": _model_dict(run),
                                                                    "optimizer": sd})
   like = [np.zeros_like(p) for p in mid]
-  with pytest.raises(ValueError, match=r"ckpt\.pt'\]?\['model'\] has 4 entries .* params has 3"):
+  with pytest.raises(ValueError, match=r"ckpt\.pt'\['model'\] has 4 parameter entries .* has 3"):
     interop.params_from_torch(path, like[:3])
   with pytest.raises(ValueError, match=r"ckpt\.pt'\['model'\]: layer0\.weight \(params leaf "
-                     r"\['w'\]\) has shape \(6, 4\) .*leaf has \(4, 6\)"):
+                     r"\['w'\]\) has shape \(6, 4\) .*leaf's \(4, 6\)"):
     interop.params_from_torch(path, {"w": like[0].T, "x": like[1], "y": like[2], "z": like[3]})
   with pytest.raises(ValueError, match=r"layer0\.weight \(params leaf \[0\]\) has dtype "
                      r"float32; the params leaf has int32"):

@@ -74,9 +74,10 @@ def load(path: Any) -> Any:
   Raises:
     FileNotFoundError: no such file (naming it).
     IsADirectoryError: a directory.
-    ValueError: not a torch file, truncated, or refused by ``weights_only``
-      because it holds other Python objects (naming what its pickle calls);
-      a FIFO, device or symlink loop (`_safe.open_regular`).
+    ValueError: not a regular file (a FIFO, device or symlink loop:
+      FileFormatError, `_safe.open_regular`), not a torch file, truncated, or
+      refused by ``weights_only`` because it holds other Python objects outside
+      a Lightning ``hyper_parameters`` entry (naming what its pickle calls).
   """
   import torch
 
@@ -101,6 +102,9 @@ def load(path: Any) -> Any:
             f"{type(e).__name__}: {reason.splitlines()[0] if reason else ''}"
         ) from None
       calls = _safe.pickle_globals(f)
+  held, found = _with_inert_hyper_parameters(name)  # a Lightning ckpt's Path / Namespace
+  if held is not None:
+    return held
   detail = next((line.strip() for line in reason.splitlines()
                  if "GLOBAL" in line or "WeightsUnpickler error" in line),
                 reason.splitlines()[0])
@@ -111,9 +115,10 @@ def load(path: Any) -> Any:
         f"{name!r} is not a readable torch.save file (another format, or truncated): its "
         f"pickle stops torch's restricted unpickler ({stop[0] if stop else detail})."
     ) from None
+  where = f"objects at {', '.join(found[:3])} (outside 'hyper_parameters'); " if found else ""
   raise ValueError(
       f"{name!r} holds Python objects other than tensors, dicts, lists and numbers, "
-      f"so torch.load(weights_only=True) refused it (unpickling them could run code): "
+      f"so torch.load(weights_only=True) refused it (unpickling them could run code): {where}"
       + (f"its pickle calls {', '.join(outside[:5])}" if outside else "")
       + (f" ({detail}). " if outside and "GLOBAL" in detail else ". " if outside else f"{detail} ")
       + "Re-save the state dicts alone, e.g. torch.save({'model': "
@@ -122,11 +127,61 @@ def load(path: Any) -> Any:
   ) from None
 
 
-def open_source(source: Any) -> Tuple[Any, str]:
-  """``(object, name for messages)``: a file's contents (`load`), or `source` itself."""
-  if is_path(source):
-    return load(source), f"torch checkpoint {os.fspath(source)!r}"
-  return source, "the torch state dict"
+class Inert:
+  """Stands in for an object of a class a checkpoint names: built from nothing, runs nothing."""
+
+  name = "?"
+
+  def __new__(cls, *args, **kwargs):
+    return object.__new__(cls)
+
+  def __init__(self, *args, **kwargs):
+    pass
+
+  def __setstate__(self, state):
+    pass
+
+  def __repr__(self):
+    return f"<{self.name}: not read>"
+
+
+def _inert_paths(x: Any, path: str, out: list) -> None:
+  if isinstance(x, Inert):
+    out.append(f"{path} ({x.name})")
+  elif isinstance(x, Mapping):
+    for k, v in x.items():
+      _inert_paths(v, f"{path}[{k!r}]", out)
+  elif isinstance(x, (list, tuple)):
+    for k, v in enumerate(x):
+      _inert_paths(v, f"{path}[{k}]", out)
+
+
+def _with_inert_hyper_parameters(name: str) -> Tuple[Any, list]:
+  """A Lightning checkpoint whose ``hyper_parameters`` hold objects (a Path, a Namespace).
+
+  ``weights_only=True`` refuses the whole file for them. Here each class the
+  file names outside torch's allow-list is replaced by an `Inert` stand-in
+  (nothing is imported or called), and the result is kept only if every
+  stand-in lies inside the top-level ``hyper_parameters`` entry, which the
+  import never reads.
+
+  Returns:
+    ``(the checkpoint, [])``, or ``(None, where the stand-ins outside
+    hyper_parameters are)`` (the caller refuses the file).
+  """
+  import torch
+
+  try:
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(name)
+    stand_ins = [(type("Inert", (Inert,), {"name": n}), n) for n in names]
+    with torch.serialization.safe_globals(stand_ins):
+      obj = torch.load(name, map_location="cpu", weights_only=True)
+  except Exception:
+    return None, []
+  found: list = []
+  _inert_paths({k: v for k, v in obj.items() if k != "hyper_parameters"}
+               if isinstance(obj, Mapping) else obj, "", found)
+  return (None, found) if found else (obj, [])
 
 
 def _is_model_dict(x: Any) -> bool:
