@@ -2,8 +2,10 @@
 
 `resume_from_torch` reads a torch checkpoint (file, Lightning ``.ckpt``, Hugging
 Face folder, DCP directory, dict) once and returns ``(params, tx, opt_state)``,
-tx built from the checkpoint's hyperparameters; `nnx_optimizer` puts such a
-state into an ``nnx.Optimizer``. `state_from_torch` and `state_from_keras`
+tx built from the checkpoint's hyperparameters; `resume_from_keras` does the
+same for a ``.keras`` / ``.h5`` / TF checkpoint file or a live Keras model, tx
+being `optax_nadam.keras.Nadam` from the peer's config; `nnx_optimizer` puts
+such a state into an ``nnx.Optimizer``. `state_from_torch` and `state_from_keras`
 read a trained peer optimizer (`torch.optim.NAdam`, its ``state_dict()`` or
 a `torch.save` file; tf-keras legacy `tf_keras.optimizers.legacy.Nadam`, Keras
 3 `keras.optimizers.Nadam`)
@@ -17,7 +19,8 @@ never imported).
 
 Which peer variable fills which params leaf is proven (torch: by names, by the
 order torch guarantees for one param group beside a state dict torch saved, or
-by shapes that leave one assignment) or refused with a ValueError saying how
+by shapes that leave one assignment; Keras: by slot names, object-graph edges,
+the model config's layer order, or a unique fit) or refused with a ValueError saying how
 to give the names (docs/migration.md, "The pairing rule"). A `layout`
 ``(params_leaf_path, array) -> array`` is applied to every weight and moment
 read (a torch ``Linear`` weight is ``(out, in)``, a Flax ``Dense`` kernel
@@ -37,7 +40,6 @@ DCP metadata by an unpickler limited to checkpoint-metadata classes;
 in-memory state dicts must hold tensors, numpy arrays and numbers only.
 """
 
-from optax_nadam.interop._check import PeerHyperparams
 from optax_nadam.interop._nnx import nnx_optimizer
 from optax_nadam.interop.keras import (
     optimizer_config_from_keras,
@@ -54,7 +56,7 @@ from optax_nadam.interop.torch import (
     state_to_torch,
 )
 
-__all__ = ["PeerHyperparams", "TorchToFlax", "nnx_optimizer", "optimizer_config_from_keras",
+__all__ = ["TorchToFlax", "nnx_optimizer", "optimizer_config_from_keras",
            "params_from_keras", "params_from_torch", "resume_from_keras", "resume_from_torch",
            "state_from_keras",
            "state_from_torch", "state_to_keras", "state_to_torch", "torch_linear_to_flax",
