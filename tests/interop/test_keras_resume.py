@@ -316,8 +316,8 @@ def test_probed_tx_with_10x_eps_is_refused(files, name, eps):
   good = _hidden(okeras.Nadam.from_config(config))
   state_from_keras(files / name, good, params)
   bad = _hidden(okeras.Nadam.from_config({**config, "epsilon": eps}))
-  with pytest.raises(ValueError, match=r"not the peer's: eps differs \(on a gradient the size "
-                     r"of the peer's eps=1e-07"):
+  with pytest.raises(ValueError, match=r"not the peer's: eps differs \(the peer has eps=1e-07, "
+                     r"tx steps as with eps=1e-0[68]\)"):
     state_from_keras(files / name, bad, params)
 
 

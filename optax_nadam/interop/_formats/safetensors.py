@@ -14,11 +14,11 @@ is read only when asked for (`SafetensorsFile.read`), with one bounded
 import json
 import math
 import os
-import stat
 from typing import Any, Dict, NamedTuple, Tuple
 
 import numpy as np
 
+from optax_nadam.interop._formats import _safe
 from optax_nadam.interop._formats._types import FileFormatError
 
 # The specification caps the header at 100 MB; real headers are kilobytes.
@@ -37,19 +37,17 @@ class Entry(NamedTuple):
 
 
 def regular_file(path: str, what: str) -> int:
-  """The size of `path`, a regular file (not a FIFO, device or directory)."""
+  """The size of `path`, a regular file (not a FIFO, device, directory or symlink loop).
+
+  Checked on an open descriptor by `_safe.open_regular`, which never blocks on a FIFO.
+  """
   try:
-    info = os.stat(path)
+    with _safe.open_regular(path) as f:
+      return os.fstat(f.fileno()).st_size
   except FileNotFoundError:
     raise FileNotFoundError(f"{what} {path!r} does not exist.") from None
-  except OSError as e:  # a symlink loop, a permission error
-    raise FileFormatError(f"{what} {path!r} cannot be opened: {e}.") from None
-  if stat.S_ISDIR(info.st_mode):
-    raise IsADirectoryError(f"{what} {path!r} is a directory; expected a file.")
-  if not stat.S_ISREG(info.st_mode):
-    raise FileFormatError(f"{what} {path!r} is not a regular file (a FIFO, socket or device); "
-                          "refusing to read it.")
-  return info.st_size
+  except IsADirectoryError:
+    raise IsADirectoryError(f"{what} {path!r} is a directory; expected a file.") from None
 
 
 def _entry(path: str, name: str, spec: Any, data_start: int, size: int) -> Entry:
