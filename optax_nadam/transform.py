@@ -27,6 +27,9 @@ from optax_nadam import _validation
 from optax_nadam._tree import path_str as _path_str
 
 _LOG_096 = math.log(0.96)  # float64; the schedule is 0.96 ** (psi * t).
+# No update is longer than this (times the learning rate): sqrt(float32 max) ~ 1.8e19, so
+# that a learning rate in its range [0, 1.8e19] times a step stays finite in float32.
+_MAX_STEP = float(np.sqrt(np.finfo(np.float32).max))
 
 
 class ScaleByNadamState(NamedTuple):
@@ -88,19 +91,86 @@ def _scalar_dtype(tree: Any) -> jnp.dtype:
   return jnp.dtype(jnp.float32)
 
 
-def _scalar(x: Any, fn, dtype) -> Any:
-  """`fn(x, np)` in float64 rounded once to `dtype` when `x` is concrete.
+def _scalar(fn, dtype, *xs) -> Any:
+  """`fn(*xs, lib)` with every hyperparameter in `xs` first rounded to `dtype`.
 
-  Traced hyperparameters (`optax.inject_hyperparams`, `jax.grad` with respect
-  to a hyperparameter) get `fn(x, jnp)` in `dtype`. Rounding once from float64
-  is what keeps our float32 trajectory at least as close to the exact one as
-  the peers' (torch does its scalars in Python float64).
+  Concrete hyperparameters are rounded to `dtype`, then `fn` runs in float64
+  numpy on the rounded values and its result is rounded once to `dtype`:
+  every scalar derived from a hyperparameter (``1 - b2``, ``log(b2)``) is
+  derived from the same rounded value the moments use, so the EMA weights
+  ``b2`` and ``1 - b2`` sum to 1 in `dtype` and the bias corrections use the
+  betas the EMAs use. Traced hyperparameters (`optax.inject_hyperparams`,
+  `jax.grad` with respect to a hyperparameter) get ``fn(*xs, jnp)`` in `dtype`.
   """
-  value = _validation.concrete_float(x)
-  if value is None:
-    return fn(jnp.asarray(x, dtype), jnp)
-  with np.errstate(divide="ignore"):
-    return np.dtype(dtype).type(fn(np.float64(value), np))
+  values = [_validation.concrete_float(x) for x in xs]
+  if any(v is None for v in values):
+    return fn(*(jnp.asarray(x, dtype) for x in xs), jnp)
+  with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    rounded = [np.float64(np.dtype(dtype).type(v)) for v in values]
+    return np.dtype(dtype).type(fn(*rounded, np))
+
+
+def _bounds(t, coef_g, coef_m, one_minus_b1, one_minus_b2, bias_2, log_b1, log_r):
+  """NAdam's own bounds at step `t`: ``(step_bound, m_bound)``.
+
+  With zero initial moments, ``m_t = (1 - b1) sum_k b1^k g_{t-k}``, ``v_t =
+  (1 - b2) sum_k b2^k g_{t-k}^2`` and ``m_bar = sum_k w_k g_{t-k}`` with
+  ``w_0 = coef_g + coef_m (1 - b1)``, ``w_k = coef_m (1 - b1) b1^k``.
+  Cauchy-Schwarz (``g_{t-k} = (w_k / sqrt(b2^k)) (sqrt(b2^k) g_{t-k})``) gives,
+  with ``r = b1^2 / b2`` and ``S = sum_{k=1}^{t-1} r^k``::
+
+    |m_bar| / sqrt(v_t / (1 - b2^t))
+        <= sqrt((1 - b2^t) / (1 - b2)) sqrt(w_0^2 + (coef_m (1 - b1))^2 S)
+    |m_t| <= (1 - b1) sqrt((1 + S) / (1 - b2)) sqrt(v_t)
+
+  with equality for ``g_{t-k}`` proportional to ``w_k / b2^k`` (resp.
+  ``(b1 / b2)^k``): the bounds are attained, so they are the formula's own.
+  eps > 0 and eps_root > 0 only shorten the step. ``step_bound`` is capped at
+  `_MAX_STEP`; degenerate betas whose bound is NaN (b1 = b2 = 0) take the cap,
+  and an infinite ``m_bound`` clamps nothing. Not differentiated: they only
+  cut off overflow.
+  """
+  n = t - 1.0
+  log_r = jnp.minimum(log_r, 80.0)  # r > e^80: S overflows and the cap applies
+  r = jnp.exp(log_r)
+  safe_log_r = jnp.where(log_r == 0, 1.0, log_r)
+  geometric = r * jnp.expm1(n * safe_log_r) / jnp.expm1(safe_log_r)
+  sum_r = jnp.where(n <= 0, 0.0, jnp.where(log_r == 0, n, geometric))
+  sum_r = jnp.where(log_b1 == -jnp.inf, 0.0, sum_r)  # b1 = 0: no history
+  w_m = coef_m * one_minus_b1
+  w_g = coef_g + w_m
+  step_bound = jnp.sqrt(bias_2 / one_minus_b2) * jnp.sqrt(w_g * w_g + w_m * w_m * sum_r)
+  step_bound = jnp.where(step_bound < _MAX_STEP, step_bound, _MAX_STEP)
+  m_bound = one_minus_b1 * jnp.sqrt((1.0 + sum_r) / one_minus_b2)
+  m_bound = jnp.where(m_bound < jnp.inf, m_bound, jnp.inf)
+  dtype = jnp.result_type(coef_g)
+  return (jax.lax.stop_gradient(step_bound.astype(dtype)),
+          jax.lax.stop_gradient(m_bound.astype(dtype)))
+
+
+def _clip_magnitude(step, bound, m_t):
+  """`step` with every element's magnitude cut to `bound`.
+
+  ``+ 0 * m_t`` keeps a non-finite gradient or first moment visible: an
+  infinite one gives a NaN step, not a clipped finite one (``m_t`` is finite
+  whenever ``m`` and ``g`` are: its weights sum to 1).
+  """
+  if not jnp.iscomplexobj(step):
+    return jnp.clip(step, -bound, bound) + 0.0 * m_t
+  # Parts first (an infinite part would make |step| infinite and step/|step| NaN).
+  step = jax.lax.complex(jnp.clip(step.real, -bound, bound), jnp.clip(step.imag, -bound, bound))
+  size = jnp.abs(step)
+  return jnp.where(size > bound, step * (bound / size), step) + 0.0 * m_t
+
+
+def _check_mu_dtype(mu_dtype, params) -> None:
+  """Refuses a complex `mu_dtype` for a real param and a real one for a complex param."""
+  for path, p in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if jnp.iscomplexobj(p) != jnp.issubdtype(mu_dtype, jnp.complexfloating):
+      raise ValueError(
+          f"scale_by_nadam: mu_dtype={mu_dtype} but the param at {_path_str(path)} has "
+          f"dtype {jnp.result_type(p)}; the first moment of a real param must be real and "
+          "of a complex param complex. Pass a mu_dtype of the params' kind, or None.")
 
 
 def _check_updates(updates, moments) -> None:
@@ -213,12 +283,15 @@ def scale_by_nadam(
   momentum_decay = _validation.number("momentum_decay", momentum_decay, _validation.NON_NEGATIVE)
   mu_dtype = _validation.float_dtype("mu_dtype", mu_dtype)
   eps_root_is_zero = _validation.concrete_float(eps_root) == 0.0
-  # eps * sqrt(1 - b2**t) stays a normal float32 for eps >= 1e-29 (1 - b2 >= 1e-16).
+  # The denominator is never 0 when eps * sqrt(1 - b2**t) is a normal float32 (eps >=
+  # 1e-29, as 1 - b2 >= 6e-8 in float32) or eps_root is a normal float32 (>= 1.2e-38).
   zero_denominator_possible = not (
-      (_validation.concrete_float(eps) or 0.0) >= 1e-29
-      or (_validation.concrete_float(eps_root) or 0.0) > 0.0)
+      _validation.concrete_float(eps) or 0.0) >= 1e-29 and not (
+      _validation.concrete_float(eps_root) or 0.0) >= _validation.F32_TINY
 
   def init_fn(params):
+    if mu_dtype is not None:
+      _check_mu_dtype(mu_dtype, params)
     return ScaleByNadamState(
         count=jnp.zeros([], jnp.int32),
         mu_product=jnp.ones([], _scalar_dtype(params)),
@@ -234,7 +307,7 @@ def scale_by_nadam(
     t = count_inc.astype(dtype)
 
     def scalar(x, fn):
-      return _scalar(x, fn, dtype)
+      return _scalar(fn, dtype, x)
 
     # Momentum schedule: 0.96 ** (psi * t) = exp(t * psi * log(0.96)).
     log_decay = scalar(momentum_decay, lambda x, lib: x * _LOG_096)
@@ -254,8 +327,11 @@ def scale_by_nadam(
     b2_ = scalar(b2, lambda x, lib: x)
     eps_ = scalar(eps, lambda x, lib: x)
 
+    bound, m_bound = _bounds(t, coef_g, coef_m, one_minus_b1, one_minus_b2, bias_2,
+                        scalar(b1, lambda x, lib: lib.log(x)),
+                        _scalar(lambda x, y, lib: 2.0 * lib.log(x) - lib.log(y), dtype, b1, b2))
     scalars = dict(b1=b1_, one_minus_b1=one_minus_b1, b2=b2_, one_minus_b2=one_minus_b2,
-                   eps=eps_)
+                   eps=eps_, bound=bound, m_bound=m_bound)
     if eps_root_is_zero:
       # sqrt(v / c) + eps = (sqrt(v) + eps * sqrt(c)) / sqrt(c): fold sqrt(c)
       # into the scalars, leaving one sqrt, one add, one divide per element.
@@ -292,9 +368,15 @@ def scale_by_nadam(
       # into the step's fusion and then copies v per leaf (2-3x slower step
       # on 1M-element leaves); the values are the same bits.
       v_max = jax.lax.full_like(v_t, jnp.finfo(v.dtype).max)
-      v_t = jax.lax.select(v_t > v_max, v_max, v_t)
+      saturated = v_t > v_max
+      v_t = jax.lax.select(saturated, v_max, v_t)
+      # A saturated v is smaller than the formula's: cut m_t to the largest
+      # |m_t| the formula allows next to it, so that the ratio m / sqrt(v) (the
+      # step) comes back down as the formula's does once the gradients do.
+      m_lim = s["m_bound"] * math.sqrt(float(jnp.finfo(v.dtype).max))
+      m_t = jnp.where(saturated, _clip_magnitude(m_t, m_lim, m_t), m_t)
       denom = denominator(v_t, s)
-      step = (s["coef_g"] * g_c + s["coef_m"] * m_t) / denom
+      step = _clip_magnitude((s["coef_g"] * g_c + s["coef_m"] * m_t) / denom, s["bound"], m_t)
       if zero_denominator_possible:
         # eps = eps_root = 0 and v_t = 0 (no gradient yet, or g^2 below the
         # smallest float): 0/0 would be NaN; take the step as 0. A NaN denom

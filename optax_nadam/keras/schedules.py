@@ -49,6 +49,13 @@ def _piecewise_constant(c: Dict[str, Any]) -> Schedule:
     raise ValueError(
         "PiecewiseConstantDecay: 'values' must have one more entry than "
         f"'boundaries'; got {len(values)} values and {len(boundaries)} boundaries.")
+  for i in range(1, len(boundaries)):
+    if boundaries[i] < boundaries[i - 1]:
+      raise ValueError(
+          "PiecewiseConstantDecay: 'boundaries' must be in increasing order (Keras picks "
+          f"the value of the first boundary the step is below); got boundaries[{i - 1}] = "
+          f"{boundaries[i - 1]!r} > boundaries[{i}] = {boundaries[i]!r}. Sort them together "
+          "with their values.")
 
   def schedule(step):
     step = jnp.asarray(step)

@@ -134,6 +134,9 @@ def test_per_step_scalars_are_float64_accurate(b1, b2, eps, psi, naive_worse):
       lambda c, p: _naive_update(b1, b2, eps, psi, c, p, jnp.float32(g),
                                  jnp.float32(m), jnp.float32(v))))(
       counts.astype(np.int32), prods), np.float64)
+  # The formulas in float64 at the float32-rounded hyperparameters: the betas
+  # the float32 EMAs use (rounding them is the state's precision, not the step's).
+  b1, b2, eps, psi = (float(np.float32(x)) for x in (b1, b2, eps, psi))
   t = counts + 1.0
   mu = b1 * (1 - 0.5 * 0.96 ** (psi * t))
   mu_n = b1 * (1 - 0.5 * 0.96 ** (psi * (t + 1)))
