@@ -14,7 +14,6 @@ import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from optax_nadam import scale_by_nadam
 
@@ -79,7 +78,8 @@ def test_the_bound_is_attained_so_it_is_the_formulas_own():
   gradients = [w[t - i] / b2 ** (t - i) for i in range(1, t + 1)]
   steps = _updates(jnp.float32, gradients, b1=b1, b2=b2, eps=0.0)
   np.testing.assert_allclose(steps[-1], bound64(t, b1, b2), rtol=1e-5)
-  np.testing.assert_allclose(_formula(gradients, eps=0.0)[-1], bound64(t, b1, b2), rtol=1e-9)
+  # (bound64 takes the float32-rounded betas: 1e-7 from the exact ones)
+  np.testing.assert_allclose(_formula(gradients, eps=0.0)[-1], bound64(t, b1, b2), rtol=1e-6)
 
 
 def test_issue_sequences_stay_within_the_bound():
