@@ -121,3 +121,26 @@ def test_b2_that_rounds_to_one_in_float32_is_refused():
   with pytest.raises(ValueError, match="b2"):
     optax_nadam.nadam(b2=0.99999999)
   jax.jit(optax_nadam.nadam(b2=0.9999999).update)  # just below: accepted
+
+
+@pytest.mark.parametrize("key", ["clipnorm", "global_clipnorm"])
+def test_keras_clipnorm_below_a_normal_float32_is_refused(key):
+  # 1e-40 is 0 on the CPU: 0/0 clipped zero gradients to NaN.
+  from optax_nadam.keras import Nadam
+  with pytest.raises(ValueError, match=key):
+    Nadam(**{key: 1e-40})
+  Nadam(**{key: 1.2e-38})  # the smallest normal float32 is accepted
+
+
+def test_keras_unsorted_piecewise_boundaries_are_refused():
+  from optax_nadam.keras import Nadam
+  spec = {"class_name": "PiecewiseConstantDecay",
+          "config": {"boundaries": [10, 5], "values": [1e-3, 1e-4, 1e-5]}}
+  with pytest.raises(ValueError, match="increasing order"):
+    Nadam(learning_rate=spec)
+
+
+def test_keras_from_config_names_decay_not_schedule_decay():
+  from optax_nadam.keras import Nadam
+  with pytest.raises(ValueError, match="'decay' \\(tf-keras legacy's schedule_decay\\)"):
+    Nadam.from_config({"learning_rate": 1e-3, "decay": float("nan")})
