@@ -55,20 +55,24 @@ def bounds(t, coef_g, coef_m, one_minus_b1, one_minus_b2, bias_2, log_b1, log_r)
     Dozat, 2016, "Incorporating Nesterov Momentum into Adam"; Kingma & Ba,
     2015, "Adam", section 2.1 (the bound on Adam's step).
   """
+  dtype = jnp.result_type(coef_g)
+
+  def const(x):  # in `dtype`: a Python float in jnp.where is float64 under x64
+    return jnp.asarray(x, dtype)
+
   n = t - 1.0
   log_r = jnp.minimum(log_r, 80.0)  # r > e^80: S overflows and the cap applies
   r = jnp.exp(log_r)
-  safe_log_r = jnp.where(log_r == 0, 1.0, log_r)
+  safe_log_r = jnp.where(log_r == 0, const(1.0), log_r)
   geometric = r * jnp.expm1(n * safe_log_r) / jnp.expm1(safe_log_r)
-  sum_r = jnp.where(n <= 0, 0.0, jnp.where(log_r == 0, n, geometric))
-  sum_r = jnp.where(log_b1 == -jnp.inf, 0.0, sum_r)  # b1 = 0: no history
+  sum_r = jnp.where(n <= 0, const(0.0), jnp.where(log_r == 0, n, geometric))
+  sum_r = jnp.where(log_b1 == -jnp.inf, const(0.0), sum_r)  # b1 = 0: no history
   w_m = coef_m * one_minus_b1
   w_g = coef_g + w_m
   step_bound = jnp.sqrt(bias_2 / one_minus_b2) * jnp.sqrt(w_g * w_g + w_m * w_m * sum_r)
-  step_bound = jnp.where(step_bound < MAX_STEP, step_bound, MAX_STEP)
+  step_bound = jnp.where(step_bound < MAX_STEP, step_bound, const(MAX_STEP))
   m_bound = one_minus_b1 * jnp.sqrt((1.0 + sum_r) / one_minus_b2)
-  m_bound = jnp.where(m_bound < jnp.inf, m_bound, jnp.inf)
-  dtype = jnp.result_type(coef_g)
+  m_bound = jnp.where(m_bound < jnp.inf, m_bound, const(jnp.inf))
   return (jax.lax.stop_gradient(step_bound.astype(dtype)),
           jax.lax.stop_gradient(m_bound.astype(dtype)))
 
