@@ -70,7 +70,8 @@ def test_overflowing_gradient_saturates_v_and_the_coordinate_keeps_moving(dtype)
   assert np.all((0.99 * (1 - 0.999) * v_max <= v) & (v <= v_max)), v
   assert _finite((params, state))
   u = np.asarray(updates, np.float64)
-  # Against the gradient; saturating v (>= the true v) only shortens the step.
+  # Against the gradient, and no longer than the formulas allow (the step is cut to
+  # their bound, 1.06 lr at t = 1: tests/core/test_overflow.py).
   assert u[0] < 0 < u[2] and np.all(np.abs(u) <= 2 * lr)
   ones = jnp.ones(3, dtype)
   for _ in range(20):
