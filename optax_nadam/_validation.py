@@ -27,8 +27,8 @@ import numpy as np
 
 F32_MAX = float(np.finfo(np.float32).max)  # 3.4e38
 F32_TINY = float(np.finfo(np.float32).tiny)  # 1.2e-38, the smallest normal float32
-# A float32 norm (or NAdam direction m / sqrt(v)) is at most sqrt(F32_MAX) ~ 1.8e19 when
-# its square is finite; a multiplier of such a value stays finite up to the same bound.
+# A float32 norm is at most sqrt(F32_MAX) ~ 1.8e19 when its square is finite; a multiplier
+# of such a value (or of a NAdam direction, cut to 2**63) stays finite up to the same bound.
 SQRT_F32_MAX = math.sqrt(F32_MAX)
 INT32_MAX = 2**31 - 1
 
@@ -77,8 +77,8 @@ WEIGHT_DECAY = Range(0.0, SQRT_F32_MAX, why=(
     "weight_decay * param is added to the step before the learning rate scales it; it "
     "must stay finite in float32 for params up to 1.8e19"))
 LEARNING_RATE = Range(0.0, SQRT_F32_MAX, why=(
-    "a NAdam step is the learning rate times a direction m/sqrt(v) that a float32 state "
-    "bounds by sqrt(3.4e38) ~ 1.8e19; a larger rate can overflow float32"))
+    "a NAdam step is the learning rate times a direction cut to at most 2**63 ~ 9.2e18; a "
+    "larger rate can overflow float32"))
 # lr * weight_decay above this makes the decoupled decay factor |1 - lr*wd| exceed 1:
 # the params grow geometrically to inf.
 MAX_DECAY_PRODUCT = 2.0

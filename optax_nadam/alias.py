@@ -79,8 +79,8 @@ def nadam(
   Raises:
     ValueError: a concrete hyperparameter is NaN, infinite or outside its
       range; learning_rate's is [0, sqrt(float32 max) ~ 1.8e19] (the step is
-      learning_rate times a direction m/sqrt(v) that float32 bounds by the
-      same number, so their product stays finite).
+      learning_rate times a direction cut to NAdam's own bound and at most
+      2**63, so their product stays finite in float32).
     TypeError: a hyperparameter is not a number (bools and strings included).
 
   References:
