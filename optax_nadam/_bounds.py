@@ -1,12 +1,23 @@
-"""NAdam's own bounds on the step and on m, and the cut to them (private).
+"""NAdam's own bound on the step, and the cuts that keep every step within it (private).
 
-What keeps a step finite and no longer than the formula allows when float32
-(or float16, bfloat16) cannot hold the second moment: ``v`` saturates at its
-dtype's largest value instead of becoming infinite, ``m`` is cut to the
-largest value the formula allows next to that ``v``, and every step is cut to
-the largest step the formula can give (`bounds`). Without a saturated ``v`` the
-cuts change nothing: the formula never exceeds its own bound.
+What keeps a step finite and no longer than the formulas allow when float32
+(or float16, bfloat16) cannot hold the second moment. Two cuts:
+
+- `cut_gradient`: each gradient element is cut to ``sqrt(max) / 2`` of the
+  dtype ``v`` is stored in (9.2e18 for float32 and bfloat16, 128 for
+  float16), the largest magnitude whose square the EMA ``v`` holds with room
+  to spare (``v <= max / 4``). ``m`` and ``v`` are then the formulas' for the
+  cut gradients: consistent with each other, never saturated, and once the
+  gradients come back down the steps shrink as the formulas' do. The peers
+  instead store ``v = inf`` and the coordinate never moves again.
+- `cut_step`: every step is cut to `step_bound`, the largest step the formulas
+  can give at step ``t``. For a state reached from zero moments by (cut)
+  gradients this changes nothing but rounding; it acts where the stored state
+  is not one the formulas reach (``v`` flushed to 0 in float16 storage while
+  ``m`` was not, a state imported from elsewhere).
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +28,8 @@ import jax.numpy as jnp
 MAX_STEP = 2.0**63
 
 
-def bounds(t, coef_g, coef_m, one_minus_b1, one_minus_b2, bias_2, log_b1, log_r):
-  """NAdam's own bounds at step `t`: ``(step_bound, m_bound)``.
+def step_bound(t, coef_g, coef_m, one_minus_b1, one_minus_b2, bias_2, log_b1, log_r):
+  """NAdam's own bound on ``|update|`` at step `t`.
 
   With zero initial moments, ``m_t = (1 - b1) sum_k b1^k g_{t-k}``, ``v_t =
   (1 - b2) sum_k b2^k g_{t-k}^2`` and ``m_bar = sum_k w_k g_{t-k}`` with
@@ -28,14 +39,11 @@ def bounds(t, coef_g, coef_m, one_minus_b1, one_minus_b2, bias_2, log_b1, log_r)
 
     |m_bar| / sqrt(v_t / (1 - b2^t))
         <= sqrt((1 - b2^t) / (1 - b2)) sqrt(w_0^2 + (coef_m (1 - b1))^2 S)
-    |m_t| <= (1 - b1) sqrt((1 + S) / (1 - b2)) sqrt(v_t)
 
-  with equality for ``g_{t-k}`` proportional to ``w_k / b2^k`` (resp.
-  ``(b1 / b2)^k``): the bounds are attained, so they are the formula's own.
-  eps > 0 and eps_root > 0 only shorten the step. ``step_bound`` is capped at
-  `MAX_STEP`; degenerate betas whose bound is NaN (b1 = b2 = 0) take the cap,
-  and an infinite ``m_bound`` cuts nothing. Not differentiated: they only cut
-  off overflow.
+  with equality for ``g_{t-k}`` proportional to ``w_k / b2^k``: the bound is
+  attained, so it is the formula's own. eps > 0 and eps_root > 0 only
+  shorten the step. Capped at `MAX_STEP`; degenerate betas whose bound is NaN
+  (b1 = b2 = 0) take the cap. Not differentiated: it only cuts off overflow.
 
   Args:
     t: the step, 1 for the first update, in the scalar dtype.
@@ -48,8 +56,7 @@ def bounds(t, coef_g, coef_m, one_minus_b1, one_minus_b2, bias_2, log_b1, log_r)
     log_r: ``log(b1^2 / b2)``.
 
   Returns:
-    ``(step_bound, m_bound)``, scalars of `coef_g`'s dtype; ``m_bound`` is
-    the factor of ``sqrt(v_t)``.
+    The bound, a scalar of `coef_g`'s dtype.
 
   References:
     Dozat, 2016, "Incorporating Nesterov Momentum into Adam"; Kingma & Ba,
@@ -69,32 +76,51 @@ def bounds(t, coef_g, coef_m, one_minus_b1, one_minus_b2, bias_2, log_b1, log_r)
   sum_r = jnp.where(log_b1 == -jnp.inf, const(0.0), sum_r)  # b1 = 0: no history
   w_m = coef_m * one_minus_b1
   w_g = coef_g + w_m
-  step_bound = jnp.sqrt(bias_2 / one_minus_b2) * jnp.sqrt(w_g * w_g + w_m * w_m * sum_r)
-  step_bound = jnp.where(step_bound < MAX_STEP, step_bound, const(MAX_STEP))
-  m_bound = one_minus_b1 * jnp.sqrt((1.0 + sum_r) / one_minus_b2)
-  m_bound = jnp.where(m_bound < jnp.inf, m_bound, const(jnp.inf))
-  return (jax.lax.stop_gradient(step_bound.astype(dtype)),
-          jax.lax.stop_gradient(m_bound.astype(dtype)))
+  bound = jnp.sqrt(bias_2 / one_minus_b2) * jnp.sqrt(w_g * w_g + w_m * w_m * sum_r)
+  bound = jnp.where(bound < MAX_STEP, bound, const(MAX_STEP))
+  return jax.lax.stop_gradient(bound.astype(dtype))
 
 
-def clip_magnitude(x, bound, m_t):
-  """`x` with every element's magnitude cut to `bound`.
+def gradient_limit(v_dtype) -> float:
+  """``sqrt(max) / 2`` of `v_dtype`: the largest gradient magnitude `cut_gradient` keeps."""
+  return 0.5 * math.sqrt(float(jnp.finfo(v_dtype).max))
 
-  ``+ 0 * m_t`` keeps a non-finite gradient or first moment visible: an
-  infinite one gives NaN, not a cut finite value (``m_t`` is finite whenever
-  ``m`` and ``g`` are: its weights sum to 1).
+
+def cut_gradient(g, limit: float):
+  """`g` with every element (real and imaginary parts) cut to ``[-limit, limit]``.
+
+  ``+ 0 * g`` keeps a non-finite gradient visible: an infinite element
+  becomes NaN (in ``m``, ``v`` and the update, like a NaN gradient), not a
+  cut finite one.
 
   Args:
-    x: the elements to cut (real or complex).
-    bound: a non-negative scalar.
-    m_t: the first moment the elements come from.
+    g: the gradient, in the compute dtype.
+    limit: `gradient_limit` of the dtype ``v`` is stored in.
 
   Returns:
-    `x` cut to ``[-bound, bound]`` (complex: parts first, then the magnitude).
+    The cut gradient.
   """
-  if not jnp.iscomplexobj(x):
-    return jnp.clip(x, -bound, bound) + 0.0 * m_t
-  # Parts first (an infinite part would make |x| infinite and x / |x| NaN).
-  x = jax.lax.complex(jnp.clip(x.real, -bound, bound), jnp.clip(x.imag, -bound, bound))
-  size = jnp.abs(x)
-  return jnp.where(size > bound, x * (bound / size), x) + 0.0 * m_t
+  if jnp.iscomplexobj(g):
+    cut = jax.lax.complex(jnp.clip(g.real, -limit, limit), jnp.clip(g.imag, -limit, limit))
+  else:
+    cut = jnp.clip(g, -limit, limit)
+  return cut + 0.0 * g
+
+
+def cut_step(update, bound):
+  """`update` with every element's magnitude cut to `bound` (NaN stays NaN).
+
+  Args:
+    update: the step (real or complex).
+    bound: `step_bound`.
+
+  Returns:
+    The cut step (complex: parts first, then the magnitude).
+  """
+  if not jnp.iscomplexobj(update):
+    return jnp.clip(update, -bound, bound)
+  # Parts first (an infinite part would make |update| infinite and update/|update| NaN).
+  update = jax.lax.complex(jnp.clip(update.real, -bound, bound),
+                           jnp.clip(update.imag, -bound, bound))
+  size = jnp.abs(update)
+  return jnp.where(size > bound, update * (bound / size), update)

@@ -112,8 +112,7 @@ class StepScalars(NamedTuple):
   b2: Any  # weight of v in v_t
   one_minus_b2: Any  # weight of |g|^2 in v_t
   eps: Any  # added after the square root (times sqrt(1 - b2 ** t) when folded)
-  step_bound: Any  # the largest |update| the formula allows (`_bounds.bounds`)
-  m_bound: Any  # the largest |m_t| / sqrt(v_t) the formula allows
+  step_bound: Any  # the largest |update| the formulas allow (`_bounds.step_bound`)
   coef_g: Any  # weight of g in the update: (1 - mu_t) / (1 - prod_t)
   coef_m: Any  # weight of m_t in the update: mu_next / (1 - prod_t mu_next)
   inv_bias_2: Any = None  # 1 / (1 - b2 ** t), unless folded
@@ -183,7 +182,7 @@ def _step_scalars(h: _Hyper, t, mu_product, dtype, fold: bool):
   one_minus_b2 = _derived(lambda b2, lib: 1.0 - b2, dtype, h.b2)
   b2 = _rounded(h.b2, dtype)
   eps = _rounded(h.eps, dtype)
-  step_bound, m_bound = _bounds.bounds(
+  step_bound = _bounds.step_bound(
       t, coef_g, coef_m, one_minus_b1, one_minus_b2, bias_2,
       _derived(lambda b1, lib: lib.log(b1), dtype, h.b1),
       _derived(lambda b1, b2, lib: 2.0 * lib.log(b1) - lib.log(b2), dtype, h.b1, h.b2))
@@ -192,9 +191,9 @@ def _step_scalars(h: _Hyper, t, mu_product, dtype, fold: bool):
     sqrt_bias_2 = jnp.sqrt(bias_2)
     return prod_t, StepScalars(
         **common, coef_g=coef_g * sqrt_bias_2, coef_m=coef_m * sqrt_bias_2,
-        eps=eps * sqrt_bias_2, step_bound=step_bound, m_bound=m_bound)
+        eps=eps * sqrt_bias_2, step_bound=step_bound)
   return prod_t, StepScalars(
-      **common, eps=eps, step_bound=step_bound, m_bound=m_bound, coef_g=coef_g,
+      **common, eps=eps, step_bound=step_bound, coef_g=coef_g,
       coef_m=coef_m, inv_bias_2=1.0 / bias_2, eps_root=_rounded(h.eps_root, dtype))
 
 
@@ -219,30 +218,24 @@ def _leaf(s: StepScalars, g, m, v, scalar_dtype, zero_denominator_possible: bool
     # A float32 (or narrower) leaf of a float64 tree: the scalars rounded
     # once to float32, then the leaf computed as in a float32-only tree.
     s = StepScalars(*(None if x is None else jnp.asarray(x).astype(real) for x in s))
-  g_c = g.astype(compute)
+  # Cut to the largest gradient whose square v's dtype holds (`_bounds`): m and v
+  # stay the formulas' for the cut gradients, and v never overflows.
+  g_c = _bounds.cut_gradient(g.astype(compute), _bounds.gradient_limit(v.dtype))
   m_t = s.b1 * m.astype(compute) + s.one_minus_b1 * g_c
   g_sq = jnp.real(g_c * jnp.conj(g_c)) if jnp.iscomplexobj(g_c) else g_c * g_c
   v_real = jnp.real(v) if jnp.iscomplexobj(v) else v  # |g|^2 kept in a complex v
   v_t = s.b2 * v_real.astype(g_sq.dtype) + s.one_minus_b2 * g_sq
-  # Saturate instead of overflowing: an infinite v (|g| above ~1.8e19 in
-  # float32, ~256 in float16) would freeze the coordinate, every later step
-  # being m / inf = 0. NaN still propagates (NaN > max is False). A compare +
-  # select, not jnp.minimum: XLA:CPU duplicates a minimum into the step's
-  # fusion and then copies v per leaf (2-3x slower step on 1M-element leaves).
+  # Saturate instead of overflowing (only a state imported from elsewhere can get
+  # here: cut gradients keep v below a quarter of the max). NaN still propagates
+  # (NaN > max is False). A compare + select, not jnp.minimum: XLA:CPU duplicates a
+  # minimum into the step's fusion and then copies v per leaf (2-3x slower step).
   v_max = jax.lax.full_like(v_t, jnp.finfo(v.dtype).max)
-  saturated = v_t > v_max
-  v_t = jax.lax.select(saturated, v_max, v_t)
-  # A saturated v is smaller than the formula's: cut m_t to the largest |m_t|
-  # the formula allows next to it, so that the ratio m / sqrt(v) (the step)
-  # comes back down as the formula's does once the gradients do.
-  m_lim = s.m_bound * math.sqrt(float(jnp.finfo(v.dtype).max))
-  m_t = jnp.where(saturated, _bounds.clip_magnitude(m_t, m_lim, m_t), m_t)
+  v_t = jax.lax.select(v_t > v_max, v_max, v_t)
   if s.eps_root is None:  # sqrt(1 - b2 ** t) folded into the scalars
     denominator = jnp.sqrt(v_t) + s.eps
   else:
     denominator = jnp.sqrt(v_t * s.inv_bias_2 + s.eps_root) + s.eps
-  update = _bounds.clip_magnitude(
-      (s.coef_g * g_c + s.coef_m * m_t) / denominator, s.step_bound, m_t)
+  update = _bounds.cut_step((s.coef_g * g_c + s.coef_m * m_t) / denominator, s.step_bound)
   if zero_denominator_possible:
     # v_t = 0 (no gradient yet, or g^2 below the smallest float): 0/0 would be
     # NaN; take the step as 0. A NaN denominator (NaN gradient) still propagates.
@@ -272,10 +265,11 @@ def scale_by_nadam(
   dropped the 0.004 factor.
 
   Precision follows the policy in this module's docstring (float32 scalars
-  for 32-bit and narrower trees, float64 for float64 ones). Overflow: ``v``
-  saturates at its dtype's largest value, and no step is longer than the
-  formula's own bound (see `optax_nadam._bounds`). Returns the positive
-  direction: chain with a negative learning rate (`nadam` does this).
+  for 32-bit and narrower trees, float64 for float64 ones). Overflow: each
+  gradient element is cut to ``sqrt(max) / 2`` of ``v``'s dtype (9.2e18 for
+  float32, 128 for float16) so that ``v`` never overflows, and no step is
+  longer than the formulas' own bound (see `optax_nadam._bounds`). Returns the
+  positive direction: chain with a negative learning rate (`nadam` does this).
 
   Differentiating through updates (hyperparameter gradients, meta-learning):
   the derivative of ``sqrt(v)`` is infinite at ``v = 0``, so when some

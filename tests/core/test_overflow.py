@@ -1,6 +1,7 @@
 """Overflow: no step is longer than NAdam's own bound, whatever the gradients.
 
-The bound is derived in `optax_nadam._bounds` (Cauchy-Schwarz on the formulas);
+Each gradient is cut to sqrt(max) / 2 of v's dtype and each step to NAdam's
+bound, derived in `optax_nadam._bounds` (Cauchy-Schwarz on the formulas);
 here it is recomputed in float64 numpy from the formulas alone, checked to be
 attained (so it is the formula's own, not a looser number), and checked
 against every step of the sequences of issue 18 and of hypothesis-drawn
@@ -84,7 +85,7 @@ def test_the_bound_is_attained_so_it_is_the_formulas_own():
 
 def test_issue_sequences_stay_within_the_bound():
   # The sequences of issue 18, before: 1.8e9, 1.7e10 (10 lr 200 steps after),
-  # 1.8e9 and 119 times the learning rate.
+  # 1.8e9 and 119 times the learning rate (v saturated; the peers freeze instead).
   first = _updates(jnp.float32, [1e30])
   print(f"\nfloat32 g = 1e30: first step {first[0]:.3g} lr (formula {_formula([1e30])[0]:.3g})")
   _assert_within_bound(first)
@@ -94,8 +95,9 @@ def test_issue_sequences_stay_within_the_bound():
   print(f"float32 100 x 1e30 then 200 x 1: largest {steps.max():.3g} lr, largest after the "
         f"switch {steps[100:].max():.3g}, last {steps[-1]:.3g} (formula {formula[-1]:.3g})")
   _assert_within_bound(steps)
-  # The steps come back down with the formula's (m is cut next to the saturated v).
-  assert steps[-1] <= 10 * formula[-1], (steps[-1], formula[-1])
+  # The steps come back down with the formulas' (the cut gradients' m and v are
+  # consistent, and NAdam's step does not depend on the gradients' scale).
+  np.testing.assert_allclose(steps[-1], formula[-1], rtol=1e-2)
   bf16 = _updates(jnp.bfloat16, [1e30])
   print(f"bfloat16 g = 1e30: first step {bf16[0]:.3g} lr")
   _assert_within_bound(bf16, rtol=2.0**-8)
