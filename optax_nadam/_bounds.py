@@ -100,6 +100,7 @@ def cut_gradient(g, limit: float):
   Returns:
     The cut gradient.
   """
+  limit = jnp.asarray(limit, jnp.finfo(g.dtype).dtype)  # a Python float is f64 under x64
   if jnp.iscomplexobj(g):
     cut = jax.lax.complex(jnp.clip(g.real, -limit, limit), jnp.clip(g.imag, -limit, limit))
   else:
