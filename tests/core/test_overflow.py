@@ -102,7 +102,8 @@ def test_issue_sequences_stay_within_the_bound():
   print(f"bfloat16 g = 1e30: first step {bf16[0]:.3g} lr")
   _assert_within_bound(bf16, rtol=2.0**-8)
   f16 = _updates(jnp.float16, [6e4] * 300)
-  print(f"float16 g = 6e4 (v saturates at 65504): largest step {f16.max():.3g} lr")
+  print(f"float16 g = 6e4 (cut to 128; uncut, v would saturate at 65504): largest step "
+        f"{f16.max():.3g} lr")
   _assert_within_bound(f16, rtol=2.0**-11)
 
 
