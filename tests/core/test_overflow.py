@@ -110,6 +110,7 @@ def test_issue_sequences_stay_within_the_bound():
 _MAGNITUDES = [0.0, 1e-45, 1e-40, 1e-30, 1e-19, 1e-3, 1.0, 1e3, 1e19, 1e30, 3.4e38]
 
 
+@pytest.mark.slow  # 6 s: a compilation per drawn dtype and hyperparameters
 @hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
 @hypothesis.given(
     dtype=st.sampled_from(["float32", "bfloat16", "float16"]),
