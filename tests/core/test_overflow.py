@@ -15,6 +15,7 @@ import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from optax_nadam import scale_by_nadam
 
