@@ -27,8 +27,8 @@ import numpy as np
 
 F32_MAX = float(np.finfo(np.float32).max)  # 3.4e38
 F32_TINY = float(np.finfo(np.float32).tiny)  # 1.2e-38, the smallest normal float32
-# A float32 norm (or NAdam direction m / sqrt(v)) is at most sqrt(F32_MAX) ~ 1.8e19 when
-# its square is finite; a multiplier of such a value stays finite up to the same bound.
+# A float32 norm is at most sqrt(F32_MAX) ~ 1.8e19 when its square is finite; a multiplier
+# of such a value (or of a NAdam direction, cut to 2**63) stays finite up to the same bound.
 SQRT_F32_MAX = math.sqrt(F32_MAX)
 INT32_MAX = 2**31 - 1
 
@@ -68,11 +68,17 @@ class Range:
 
 
 # The core's ranges, stated once; the Keras front reuses them under its own names.
-UNIT_OPEN = Range(0.0, 1.0, high_open=True)  # b1/beta_1, b2/beta_2
-NON_NEGATIVE = Range(0.0)  # eps, eps_root, momentum_decay, decay, weight_decay
+# b1/beta_1, b2/beta_2: below 1 in float32 too (1 - 2**-25 and above round to 1.0, where
+# 1 - b = 0 and the moment would never move).
+UNIT_OPEN = Range(0.0, 1.0 - 2.0**-25, high_open=True, why=(
+    "b1 and b2 from 0.99999997 round to 1.0 in float32, where the moment never updates"))
+NON_NEGATIVE = Range(0.0)  # eps, eps_root, momentum_decay, decay
+WEIGHT_DECAY = Range(0.0, SQRT_F32_MAX, why=(
+    "weight_decay * param is added to the step before the learning rate scales it; it "
+    "must stay finite in float32 for params up to 1.8e19"))
 LEARNING_RATE = Range(0.0, SQRT_F32_MAX, why=(
-    "a NAdam step is the learning rate times a direction m/sqrt(v) that a float32 state "
-    "bounds by sqrt(3.4e38) ~ 1.8e19; a larger rate can overflow float32"))
+    "a NAdam step is the learning rate times a direction cut to at most 2**63 ~ 9.2e18; a "
+    "larger rate can overflow float32"))
 # lr * weight_decay above this makes the decoupled decay factor |1 - lr*wd| exceed 1:
 # the params grow geometrically to inf.
 MAX_DECAY_PRODUCT = 2.0
@@ -129,6 +135,11 @@ def _scalar_value(name: str, value: Any, kind: str) -> Optional[float]:
   raise TypeError(f"{name} must be {kind}, got {value!r} ({type(value).__name__}).")
 
 
+def _is_jax_float(value: Any) -> bool:
+  """Whether `value` is a jax array of a float (or complex) dtype."""
+  return isinstance(value, jax.Array) and jax.numpy.issubdtype(value.dtype, jax.numpy.inexact)
+
+
 def number(name: str, value: Any, allowed: Range = NON_NEGATIVE, *, plain: bool = False) -> Any:
   """Checks a float hyperparameter against `allowed`; returns its canonical value.
 
@@ -137,11 +148,12 @@ def number(name: str, value: Any, allowed: Range = NON_NEGATIVE, *, plain: bool 
     value: a Python number, a numpy/jax scalar, or a traced scalar.
     allowed: the interval it must lie in.
     plain: return a Python float for every concrete value (configs); else
-      Python ints become floats (never an int that overflows int32 in jit) and
-      arrays are returned as given (their dtype is the caller's choice).
+      concrete jax float arrays are returned as given (their dtype is the
+      caller's choice) and everything else (Python and numpy ints and floats
+      of every width, integer arrays) becomes a Python float.
 
   Returns:
-    The value: a tracer unchanged, else a Python float or the given array.
+    The value: a tracer or a jax float array unchanged, else a Python float.
 
   Raises:
     TypeError: not a number (bools and strings included).
@@ -153,7 +165,9 @@ def number(name: str, value: Any, allowed: Range = NON_NEGATIVE, *, plain: bool 
   if not allowed.contains(x):
     why = f" ({allowed.why})" if allowed.why else ""
     raise ValueError(f"{name} must be a finite number in {allowed.text()}{why}; got {value!r}.")
-  if plain or not hasattr(value, "dtype"):
+  if plain or not _is_jax_float(value):
+    # numpy scalars and integer arrays become floats: jax would wrap an int64 through
+    # int32 (3e9 -> -1.3e9) and cannot hold an np.longdouble.
     return float(x)
   return value
 
@@ -229,8 +243,16 @@ def decay_product(learning_rate: Any, weight_decay: Any, names=("learning_rate",
 def float_dtype(name: str, value: Any) -> Any:
   """Checks an optional floating dtype (e.g. ``mu_dtype``); returns it as a dtype or None.
 
+  Args:
+    name: the argument's name, quoted in the message.
+    value: None, or anything `jax.numpy.dtype` accepts.
+
+  Returns:
+    The `numpy.dtype`, or None.
+
   Raises:
-    TypeError: not a dtype, or not a floating (or complex) one.
+    TypeError: not a dtype (numbers and bools included).
+    ValueError: a dtype that is not floating or complex (e.g. int32).
   """
   if value is None:
     return None

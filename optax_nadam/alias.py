@@ -79,8 +79,8 @@ def nadam(
   Raises:
     ValueError: a concrete hyperparameter is NaN, infinite or outside its
       range; learning_rate's is [0, sqrt(float32 max) ~ 1.8e19] (the step is
-      learning_rate times a direction m/sqrt(v) that float32 bounds by the
-      same number, so their product stays finite).
+      learning_rate times a direction cut to NAdam's own bound and at most
+      2**63, so their product stays finite in float32).
     TypeError: a hyperparameter is not a number (bools and strings included).
 
   References:
@@ -120,7 +120,8 @@ def nadamw(
     eps_root: added inside the square root, >= 0.
     momentum_decay: ``psi`` of the momentum schedule (see `nadam`).
     mu_dtype: optional dtype of the first moment.
-    weight_decay: decoupled decay rate, >= 0, with ``learning_rate *
+    weight_decay: decoupled decay rate, in [0, 1.8e19] (``weight_decay *
+      param`` must stay finite in float32), with ``learning_rate *
       weight_decay <= 2`` when both are numbers (each step multiplies the
       params by ``1 - learning_rate * weight_decay``).
     mask: a tree of booleans like the params, or a callable returning one;
@@ -140,7 +141,7 @@ def nadamw(
     Dozat, 2016, "Incorporating Nesterov Momentum into Adam".
   """
   learning_rate = _check_learning_rate(learning_rate)
-  weight_decay = _validation.number("weight_decay", weight_decay, _validation.NON_NEGATIVE)
+  weight_decay = _validation.number("weight_decay", weight_decay, _validation.WEIGHT_DECAY)
   _validation.decay_product(learning_rate, weight_decay)
   mask = _check_mask(mask)
   return optax.chain(

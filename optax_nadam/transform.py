@@ -1,6 +1,6 @@
-"""`scale_by_nadam`: the seed's NAdam (Dozat 2016, TF/Keras momentum schedule).
+"""`scale_by_nadam`: NAdam with the momentum schedule of TF/Keras (Dozat 2016).
 
-With `t = count + 1` and `psi = momentum_decay`::
+With ``t = count + 1`` and ``psi = momentum_decay``::
 
   mu_t     = b1 * (1 - 0.5 * 0.96 ** (psi * t))
   mu_next  = b1 * (1 - 0.5 * 0.96 ** (psi * (t + 1)))
@@ -10,8 +10,24 @@ With `t = count + 1` and `psi = momentum_decay`::
   m_bar    = (1 - mu_t) g / (1 - prod_t) + mu_next m_t / (1 - prod_t mu_next)
   update   = m_bar / (sqrt(v_t / (1 - b2 ** t) + eps_root) + eps)
 
-The per-step scalars and ``mu_product`` are in the params' widest float
-precision (`_scalar_dtype`; see `scale_by_nadam`).
+The code follows the formulas: `_step_scalars` computes every per-step scalar
+once, under the names of `StepScalars`; `_leaf` applies them to one leaf.
+
+Precision policy (the one statement of it):
+
+- The scalar dtype is the params' widest float precision: float32 for
+  float32, bfloat16, float16 and complex64 trees, float64 when any leaf is
+  float64 or complex128 (under ``jax_enable_x64``). The per-step scalars and
+  the stored ``mu_product`` are in it.
+- Every hyperparameter is first rounded to the scalar dtype; each scalar
+  derived from it (``1 - b2``, ``log b2``) is computed in float64 from the
+  rounded value and rounded once. So the EMA weights ``b`` and ``1 - b`` sum
+  to 1 in the scalar dtype and the bias correction ``1 - b2 ** t`` uses the
+  ``b2`` the EMA uses. Traced hyperparameters (`optax.inject_hyperparams`,
+  `jax.grad` with respect to one) are computed in the scalar dtype.
+- Each leaf is one fused elementwise pass in at least float32 (a float32
+  leaf of a float64 tree takes the scalars rounded to float32), stored back
+  in each moment's dtype.
 """
 
 import math
@@ -23,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_nadam import _validation
-from optax_nadam._tree import path_str as _path_str
+from optax_nadam import _bounds, _validation
+from optax_nadam._tree_checks import check_mu_dtype, check_updates
 
 _LOG_096 = math.log(0.96)  # float64; the schedule is 0.96 ** (psi * t).
 
@@ -32,10 +48,9 @@ _LOG_096 = math.log(0.96)  # float64; the schedule is 0.96 ** (psi * t).
 class ScaleByNadamState(NamedTuple):
   """State of `scale_by_nadam`.
 
-  ``mu_product`` is float32 for float32, bfloat16, float16 and complex64
-  params and float64 when any param is float64 or complex128 (under
-  ``jax_enable_x64``): the rule of `_scalar_dtype`, applied to the params at
-  ``init`` and to ``v`` (which has the params' dtypes) at ``update``.
+  ``mu_product`` has the scalar dtype of the precision policy (module
+  docstring): `_scalar_dtype` of the params at ``init`` and of ``v`` (which
+  has the params' dtypes) at ``update``.
   """
 
   count: chex.Array  # int32 scalar, steps taken, saturating at int32 max
@@ -66,12 +81,7 @@ def momentum_coefficient(b1: float, momentum_decay: float, t: float) -> float:
 
 
 def _scalar_dtype(tree: Any) -> jnp.dtype:
-  """The dtype of the per-step scalars and `mu_product` for a params tree.
-
-  The widest floating precision among the leaves: float64 when any leaf is
-  float64 or complex128 (possible only under ``jax_enable_x64``), float32
-  otherwise (float32, bfloat16, float16, complex64 and empty trees; narrower
-  floats would round the momentum schedule and its product to a few digits).
+  """The scalar dtype of the precision policy (module docstring) for a tree.
 
   Args:
     tree: params, or any tree with their dtypes (e.g. the second moment ``v``,
@@ -88,57 +98,149 @@ def _scalar_dtype(tree: Any) -> jnp.dtype:
   return jnp.dtype(jnp.float32)
 
 
-def _scalar(x: Any, fn, dtype) -> Any:
-  """`fn(x, np)` in float64 rounded once to `dtype` when `x` is concrete.
+class StepScalars(NamedTuple):
+  """One step's scalars, each named for its place in the formulas.
 
-  Traced hyperparameters (`optax.inject_hyperparams`, `jax.grad` with respect
-  to a hyperparameter) get `fn(x, jnp)` in `dtype`. Rounding once from float64
-  is what keeps our float32 trajectory at least as close to the exact one as
-  the peers' (torch does its scalars in Python float64).
+  When ``eps_root == 0``, ``sqrt(1 - b2 ** t)`` is folded into ``coef_g``,
+  ``coef_m`` and ``eps`` (``sqrt(v_t / c) + eps = (sqrt(v_t) + eps sqrt(c)) /
+  sqrt(c)``: one sqrt, one add, one divide per element) and ``inv_bias_2``
+  and ``eps_root`` are None.
   """
+
+  b1: Any  # weight of m in m_t
+  one_minus_b1: Any  # weight of g in m_t
+  b2: Any  # weight of v in v_t
+  one_minus_b2: Any  # weight of |g|^2 in v_t
+  eps: Any  # added after the square root (times sqrt(1 - b2 ** t) when folded)
+  step_bound: Any  # the largest |update| the formulas allow (`_bounds.step_bound`)
+  coef_g: Any  # weight of g in the update: (1 - mu_t) / (1 - prod_t)
+  coef_m: Any  # weight of m_t in the update: mu_next / (1 - prod_t mu_next)
+  inv_bias_2: Any = None  # 1 / (1 - b2 ** t), unless folded
+  eps_root: Any = None  # added inside the square root, unless folded
+
+
+class _Hyper(NamedTuple):
+  """The validated hyperparameters of `scale_by_nadam`."""
+
+  b1: Any
+  b2: Any
+  eps: Any
+  eps_root: Any
+  momentum_decay: Any
+
+
+def _rounded(x: Any, dtype) -> Any:
+  """A hyperparameter in `dtype`: rounded once when concrete, converted when traced."""
   value = _validation.concrete_float(x)
   if value is None:
-    return fn(jnp.asarray(x, dtype), jnp)
-  with np.errstate(divide="ignore"):
-    return np.dtype(dtype).type(fn(np.float64(value), np))
+    return jnp.asarray(x, dtype)
+  return np.dtype(dtype).type(value)
 
 
-def _check_updates(updates, moments) -> None:
-  """Trace-time check: same tree, same shapes, float or complex leaves."""
-  g_leaves, g_def = jax.tree_util.tree_flatten_with_path(updates)
-  m_leaves, m_def = jax.tree_util.tree_flatten_with_path(moments)
-  if g_def != m_def:
-    g_paths = {_path_str(p) for p, _ in g_leaves}
-    m_paths = {_path_str(p) for p, _ in m_leaves}
-    detail = ""
-    if g_paths - m_paths:
-      detail += f" Only in the gradients: {sorted(g_paths - m_paths)[:5]}."
-    if m_paths - g_paths:
-      detail += f" Only in the optimizer state: {sorted(m_paths - g_paths)[:5]}."
-    raise ValueError(
-        "scale_by_nadam: the gradient tree does not match the tree the state "
-        f"was initialised with.{detail} Gradients: {g_def}; state: {m_def}. "
-        "Call init(params) with the params you take gradients of."
-    )
-  for (path, g), (_, m) in zip(g_leaves, m_leaves):
-    dtype = jnp.result_type(g)
-    if not jnp.issubdtype(dtype, jnp.inexact):
-      raise TypeError(
-          f"scale_by_nadam: the gradient at {_path_str(path)} has dtype "
-          f"{dtype}; gradients must be floating point or complex."
-      )
-    if jnp.shape(g) != jnp.shape(m):
-      raise ValueError(
-          f"scale_by_nadam: the gradient at {_path_str(path)} has shape "
-          f"{jnp.shape(g)} but its parameter (optimizer state) has shape "
-          f"{jnp.shape(m)}."
-      )
-    if jnp.iscomplexobj(g) != jnp.iscomplexobj(m):
-      raise TypeError(
-          f"scale_by_nadam: the gradient at {_path_str(path)} has dtype "
-          f"{dtype} but its optimizer state has dtype {m.dtype}; real and "
-          "complex cannot be mixed."
-      )
+def _derived(fn, dtype, *xs) -> Any:
+  """``fn(*xs, lib)`` from the hyperparameters `xs` rounded to `dtype` (the policy).
+
+  Concrete: `fn` runs in float64 numpy on the rounded values and the result
+  is rounded once to `dtype`. Traced: ``fn(*xs, jnp)`` in `dtype`.
+  """
+  values = [_validation.concrete_float(x) for x in xs]
+  if any(v is None for v in values):
+    return fn(*(jnp.asarray(x, dtype) for x in xs), jnp)
+  with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    rounded = [np.float64(np.dtype(dtype).type(v)) for v in values]
+    return np.dtype(dtype).type(fn(*rounded, np))
+
+
+def _step_scalars(h: _Hyper, t, mu_product, dtype, fold: bool):
+  """Every scalar of step `t`, like tf-keras legacy Nadam's ``_prepare_local``.
+
+  Args:
+    h: the hyperparameters.
+    t: ``count + 1`` in `dtype`.
+    mu_product: ``prod_{t-1}``.
+    dtype: the scalar dtype.
+    fold: fold ``sqrt(1 - b2 ** t)`` into the coefficients (``eps_root == 0``).
+
+  Returns:
+    ``(prod_t, StepScalars)``.
+
+  References:
+    Dozat, 2016, "Incorporating Nesterov Momentum into Adam".
+  """
+  log_decay = _derived(lambda psi, lib: psi * _LOG_096, dtype, h.momentum_decay)
+  b1 = _rounded(h.b1, dtype)
+  # Momentum schedule: 0.96 ** (psi * t) = exp(t * psi * log(0.96)).
+  mu_t = b1 * (1.0 - 0.5 * jnp.exp(t * log_decay))
+  mu_next = b1 * (1.0 - 0.5 * jnp.exp((t + 1.0) * log_decay))
+  prod_t = (mu_product * mu_t).astype(dtype)
+  prod_next = prod_t * mu_next
+  coef_g = (1.0 - mu_t) / (1.0 - prod_t)
+  coef_m = mu_next / (1.0 - prod_next)
+  # 1 - b2 ** t = -expm1(t * log(b2)), exact near t = 1 where 1 - b2 ** t is tiny.
+  bias_2 = -jnp.expm1(t * _derived(lambda b2, lib: lib.log(b2), dtype, h.b2))
+  one_minus_b1 = _derived(lambda b1, lib: 1.0 - b1, dtype, h.b1)
+  one_minus_b2 = _derived(lambda b2, lib: 1.0 - b2, dtype, h.b2)
+  b2 = _rounded(h.b2, dtype)
+  eps = _rounded(h.eps, dtype)
+  step_bound = _bounds.step_bound(
+      t, coef_g, coef_m, one_minus_b1, one_minus_b2, bias_2,
+      _derived(lambda b1, lib: lib.log(b1), dtype, h.b1),
+      _derived(lambda b1, b2, lib: 2.0 * lib.log(b1) - lib.log(b2), dtype, h.b1, h.b2))
+  common = dict(b1=b1, one_minus_b1=one_minus_b1, b2=b2, one_minus_b2=one_minus_b2)
+  if fold:
+    sqrt_bias_2 = jnp.sqrt(bias_2)
+    return prod_t, StepScalars(
+        **common, coef_g=coef_g * sqrt_bias_2, coef_m=coef_m * sqrt_bias_2,
+        eps=eps * sqrt_bias_2, step_bound=step_bound)
+  return prod_t, StepScalars(
+      **common, eps=eps, step_bound=step_bound, coef_g=coef_g,
+      coef_m=coef_m, inv_bias_2=1.0 / bias_2, eps_root=_rounded(h.eps_root, dtype))
+
+
+def _leaf(s: StepScalars, g, m, v, scalar_dtype, zero_denominator_possible: bool):
+  """One leaf's update, ``m_t`` and ``v_t`` (the formulas of the module docstring).
+
+  Args:
+    s: the step's scalars.
+    g: the gradient.
+    m: the first moment.
+    v: the second moment.
+    scalar_dtype: the dtype of `s`.
+    zero_denominator_possible: eps and eps_root are 0 in float32: a 0/0 step
+      (no gradient yet) is taken as 0.
+
+  Returns:
+    ``(update, m_t, v_t)`` in the dtypes of `g`, `m` and `v`.
+  """
+  compute = jnp.promote_types(g.dtype, jnp.float32)
+  real = jnp.finfo(compute).dtype
+  if real != scalar_dtype:
+    # A float32 (or narrower) leaf of a float64 tree: the scalars rounded
+    # once to float32, then the leaf computed as in a float32-only tree.
+    s = StepScalars(*(None if x is None else jnp.asarray(x).astype(real) for x in s))
+  # Cut to the largest gradient whose square v's dtype holds (`_bounds`): m and v
+  # stay the formulas' for the cut gradients, and v never overflows.
+  g_c = _bounds.cut_gradient(g.astype(compute), _bounds.gradient_limit(v.dtype))
+  m_t = s.b1 * m.astype(compute) + s.one_minus_b1 * g_c
+  g_sq = jnp.real(g_c * jnp.conj(g_c)) if jnp.iscomplexobj(g_c) else g_c * g_c
+  v_real = jnp.real(v) if jnp.iscomplexobj(v) else v  # |g|^2 kept in a complex v
+  v_t = s.b2 * v_real.astype(g_sq.dtype) + s.one_minus_b2 * g_sq
+  # Saturate instead of overflowing (only a state imported from elsewhere can get
+  # here: cut gradients keep v below a quarter of the max). NaN still propagates
+  # (NaN > max is False). A compare + select, not jnp.minimum: XLA:CPU duplicates a
+  # minimum into the step's fusion and then copies v per leaf (2-3x slower step).
+  v_max = jax.lax.full_like(v_t, jnp.finfo(v.dtype).max)
+  v_t = jax.lax.select(v_t > v_max, v_max, v_t)
+  if s.eps_root is None:  # sqrt(1 - b2 ** t) folded into the scalars
+    denominator = jnp.sqrt(v_t) + s.eps
+  else:
+    denominator = jnp.sqrt(v_t * s.inv_bias_2 + s.eps_root) + s.eps
+  update = _bounds.cut_step((s.coef_g * g_c + s.coef_m * m_t) / denominator, s.step_bound)
+  if zero_denominator_possible:
+    # v_t = 0 (no gradient yet, or g^2 below the smallest float): 0/0 would be
+    # NaN; take the step as 0. A NaN denominator (NaN gradient) still propagates.
+    update = jnp.where(denominator == 0, jnp.zeros_like(update), update)
+  return update.astype(g.dtype), m_t.astype(m.dtype), v_t.astype(v.dtype)
 
 
 def scale_by_nadam(
@@ -162,18 +264,12 @@ def scale_by_nadam(
   With ``momentum_decay=1.0`` it is Keras 3's ``keras.optimizers.Nadam``, which
   dropped the 0.004 factor.
 
-  Precision: the per-step scalars (mu_t, mu_next, products, bias corrections)
-  are computed once per step, and ``mu_product`` is stored, in the params'
-  widest float precision: float32 for float32, bfloat16, float16 and complex64
-  trees, float64 when any leaf is float64 or complex128 (under
-  ``jax_enable_x64``), so a float64 run has float64 accuracy. Concrete
-  hyperparameters are evaluated in float64 and rounded once to that dtype;
-  traced ones (``optax.inject_hyperparams``, `jax.grad` with respect to a
-  hyperparameter) are computed in it. The per-leaf work is one fused
-  elementwise pass in at least float32 (in a mixed tree a float32 leaf uses
-  the scalars rounded to float32), stored back in each moment's dtype.
-  Returns the positive direction: chain with a negative learning rate (`nadam`
-  does this).
+  Precision follows the policy in this module's docstring (float32 scalars
+  for 32-bit and narrower trees, float64 for float64 ones). Overflow: each
+  gradient element is cut to ``sqrt(max) / 2`` of ``v``'s dtype (9.2e18 for
+  float32, 128 for float16) so that ``v`` never overflows, and no step is
+  longer than the formulas' own bound (see `optax_nadam._bounds`). Returns the
+  positive direction: chain with a negative learning rate (`nadam` does this).
 
   Differentiating through updates (hyperparameter gradients, meta-learning):
   the derivative of ``sqrt(v)`` is infinite at ``v = 0``, so when some
@@ -181,8 +277,8 @@ def scale_by_nadam(
   set ``eps_root > 0`` (e.g. 1e-16), or the gradient is NaN or Inf.
 
   Args:
-    b1: base momentum coefficient, in [0, 1).
-    b2: decay of the second moment, in [0, 1).
+    b1: base momentum coefficient, in [0, 1) (below 1 in float32 too).
+    b2: decay of the second moment, in [0, 1) (below 1 in float32 too).
     eps: added to the denominator after the square root, >= 0.
     eps_root: added to the bias-corrected second moment inside the square
       root, >= 0; > 0 keeps gradients through the update finite where some
@@ -190,8 +286,8 @@ def scale_by_nadam(
     momentum_decay: ``psi`` of the momentum schedule, >= 0. 0.004 is the
       seed's (tf-keras legacy ``schedule_decay``, torch ``momentum_decay``);
       1.0 gives Keras 3's Nadam.
-    mu_dtype: optional dtype of the first moment ``m`` (e.g. ``jnp.bfloat16``);
-      None keeps each parameter's dtype.
+    mu_dtype: optional dtype of the first moment ``m`` (e.g. ``jnp.bfloat16``),
+      of the params' kind (real or complex); None keeps each parameter's dtype.
 
   Returns:
     An `optax.GradientTransformation` whose state is `ScaleByNadamState`.
@@ -201,24 +297,31 @@ def scale_by_nadam(
       range (b1, b2 in [0, 1); eps, eps_root, momentum_decay in [0, 3.4e38]).
     TypeError: a hyperparameter is not a number (bools and strings included)
       or mu_dtype is not a dtype.
+    ValueError (at ``init``): mu_dtype is complex for a real param or real
+      for a complex one.
 
   References:
     Dozat, 2016, "Incorporating Nesterov Momentum into Adam", ICLR workshop.
     TensorFlow/Keras documentation of `tf.keras.optimizers.Nadam`.
   """
-  b1 = _validation.number("b1", b1, _validation.UNIT_OPEN)
-  b2 = _validation.number("b2", b2, _validation.UNIT_OPEN)
-  eps = _validation.number("eps", eps, _validation.NON_NEGATIVE)
-  eps_root = _validation.number("eps_root", eps_root, _validation.NON_NEGATIVE)
-  momentum_decay = _validation.number("momentum_decay", momentum_decay, _validation.NON_NEGATIVE)
+  h = _Hyper(
+      b1=_validation.number("b1", b1, _validation.UNIT_OPEN),
+      b2=_validation.number("b2", b2, _validation.UNIT_OPEN),
+      eps=_validation.number("eps", eps, _validation.NON_NEGATIVE),
+      eps_root=_validation.number("eps_root", eps_root, _validation.NON_NEGATIVE),
+      momentum_decay=_validation.number("momentum_decay", momentum_decay,
+                                        _validation.NON_NEGATIVE))
   mu_dtype = _validation.float_dtype("mu_dtype", mu_dtype)
-  eps_root_is_zero = _validation.concrete_float(eps_root) == 0.0
-  # eps * sqrt(1 - b2**t) stays a normal float32 for eps >= 1e-29 (1 - b2 >= 1e-16).
+  fold = _validation.concrete_float(h.eps_root) == 0.0
+  # The denominator is never 0 when eps * sqrt(1 - b2**t) is a normal float32 (eps >=
+  # 1e-29, as 1 - b2 >= 6e-8 in float32) or eps_root is a normal float32 (>= 1.2e-38).
   zero_denominator_possible = not (
-      (_validation.concrete_float(eps) or 0.0) >= 1e-29
-      or (_validation.concrete_float(eps_root) or 0.0) > 0.0)
+      _validation.concrete_float(h.eps) or 0.0) >= 1e-29 and not (
+      _validation.concrete_float(h.eps_root) or 0.0) >= _validation.F32_TINY
 
   def init_fn(params):
+    if mu_dtype is not None:
+      check_mu_dtype(mu_dtype, params)
     return ScaleByNadamState(
         count=jnp.zeros([], jnp.int32),
         mu_product=jnp.ones([], _scalar_dtype(params)),
@@ -228,84 +331,15 @@ def scale_by_nadam(
 
   def update_fn(updates, state, params=None):
     del params
-    _check_updates(updates, state.m)
+    check_updates(updates, state.m)
     dtype = _scalar_dtype(state.v)  # v has the params' dtypes (m may be mu_dtype)
-    count_inc = optax.safe_increment(state.count)
-    t = count_inc.astype(dtype)
-
-    def scalar(x, fn):
-      return _scalar(x, fn, dtype)
-
-    # Momentum schedule: 0.96 ** (psi * t) = exp(t * psi * log(0.96)).
-    log_decay = scalar(momentum_decay, lambda x, lib: x * _LOG_096)
-    b1_ = scalar(b1, lambda x, lib: x)
-    mu_t = b1_ * (1.0 - 0.5 * jnp.exp(t * log_decay))
-    mu_next = b1_ * (1.0 - 0.5 * jnp.exp((t + 1.0) * log_decay))
-    mu_product = (state.mu_product * mu_t).astype(dtype)
-    mu_product_next = mu_product * mu_next
-    # Coefficients of g and m_t in m_bar.
-    coef_g = (1.0 - mu_t) / (1.0 - mu_product)
-    coef_m = mu_next / (1.0 - mu_product_next)
-
-    # 1 - b2 ** t = -expm1(t * log(b2)), exact near t = 1 where 1 - b2 ** t is tiny.
-    bias_2 = -jnp.expm1(t * scalar(b2, lambda x, lib: lib.log(x)))
-    one_minus_b1 = scalar(b1, lambda x, lib: 1.0 - x)
-    one_minus_b2 = scalar(b2, lambda x, lib: 1.0 - x)
-    b2_ = scalar(b2, lambda x, lib: x)
-    eps_ = scalar(eps, lambda x, lib: x)
-
-    scalars = dict(b1=b1_, one_minus_b1=one_minus_b1, b2=b2_, one_minus_b2=one_minus_b2,
-                   eps=eps_)
-    if eps_root_is_zero:
-      # sqrt(v / c) + eps = (sqrt(v) + eps * sqrt(c)) / sqrt(c): fold sqrt(c)
-      # into the scalars, leaving one sqrt, one add, one divide per element.
-      sqrt_bias_2 = jnp.sqrt(bias_2)
-      scalars.update(coef_g=coef_g * sqrt_bias_2, coef_m=coef_m * sqrt_bias_2,
-                     eps=eps_ * sqrt_bias_2)
-
-      def denominator(v_t, s):
-        return jnp.sqrt(v_t) + s["eps"]
-    else:
-      scalars.update(coef_g=coef_g, coef_m=coef_m, inv_bias_2=1.0 / bias_2,
-                     eps_root=scalar(eps_root, lambda x, lib: x))
-
-      def denominator(v_t, s):
-        return jnp.sqrt(v_t * s["inv_bias_2"] + s["eps_root"]) + s["eps"]
-
-    def leaf(g, m, v):
-      compute = jnp.promote_types(g.dtype, jnp.float32)
-      real = jnp.finfo(compute).dtype
-      s = scalars
-      if real != dtype:
-        # A float32 (or narrower) leaf of a float64 tree: the scalars rounded
-        # once to float32, then the leaf computed as in a float32-only tree.
-        s = {k: jnp.asarray(x).astype(real) for k, x in scalars.items()}
-      g_c = g.astype(compute)
-      m_t = s["b1"] * m.astype(compute) + s["one_minus_b1"] * g_c
-      g_sq = jnp.real(g_c * jnp.conj(g_c)) if jnp.iscomplexobj(g_c) else g_c * g_c
-      v_real = jnp.real(v) if jnp.iscomplexobj(v) else v  # |g|^2 kept in a complex v
-      v_t = s["b2"] * v_real.astype(g_sq.dtype) + s["one_minus_b2"] * g_sq
-      # Saturate instead of overflowing: an infinite v (|g| above ~1.8e19 in
-      # float32, ~256 in float16) would freeze the coordinate, every later
-      # step being m / inf = 0. NaN still propagates (NaN > max is False).
-      # A compare + select, not jnp.minimum: XLA:CPU duplicates a minimum
-      # into the step's fusion and then copies v per leaf (2-3x slower step
-      # on 1M-element leaves); the values are the same bits.
-      v_max = jax.lax.full_like(v_t, jnp.finfo(v.dtype).max)
-      v_t = jax.lax.select(v_t > v_max, v_max, v_t)
-      denom = denominator(v_t, s)
-      step = (s["coef_g"] * g_c + s["coef_m"] * m_t) / denom
-      if zero_denominator_possible:
-        # eps = eps_root = 0 and v_t = 0 (no gradient yet, or g^2 below the
-        # smallest float): 0/0 would be NaN; take the step as 0. A NaN denom
-        # (NaN gradient) is not == 0, so NaN still propagates.
-        step = jnp.where(denom == 0, jnp.zeros_like(step), step)
-      return step.astype(g.dtype), m_t.astype(m.dtype), v_t.astype(v.dtype)
-
-    out = jax.tree.map(leaf, updates, state.m, state.v)
-    steps, m, v = (
-        jax.tree.map(lambda _, o, i=i: o[i], updates, out) for i in range(3)
-    )
-    return steps, ScaleByNadamState(count_inc, mu_product, m, v)
+    count = optax.safe_increment(state.count)
+    mu_product, scalars = _step_scalars(h, count.astype(dtype), state.mu_product, dtype, fold)
+    out = jax.tree.map(
+        lambda g, m, v: _leaf(scalars, g, m, v, dtype, zero_denominator_possible),
+        updates, state.m, state.v)
+    new_updates, m, v = (
+        jax.tree.map(lambda _, o, i=i: o[i], updates, out) for i in range(3))
+    return new_updates, ScaleByNadamState(count, mu_product, m, v)
 
   return optax.GradientTransformation(init_fn, update_fn)

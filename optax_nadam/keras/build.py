@@ -66,6 +66,55 @@ def _clip_by_tensor_norm(clipnorm: float) -> optax.GradientTransformation:
   return optax.stateless(lambda updates, params: jax.tree.map(clip, updates))
 
 
+def _accumulate(inner: optax.GradientTransformation, k: int) -> optax.GradientTransformation:
+  """`optax.MultiSteps(inner, k, use_grad_mean=False)` with per-leaf accumulators.
+
+  The same state (`optax.MultiStepsState`) and the same arithmetic, but each
+  accumulator has its param's dtype, at least float32 (float32 for
+  bfloat16/float16/float32 params as before; float64, complex64 and
+  complex128 params keep their precision and imaginary part), where
+  `optax.MultiSteps` takes one ``accumulator_dtype`` for the whole tree.
+
+  Args:
+    inner: the transformation applied to the summed gradients every k calls.
+    k: the number of update calls per applied step, >= 2.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` whose state is `optax.MultiStepsState`.
+  """
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    return optax.MultiStepsState(
+        mini_step=jnp.zeros([], jnp.int32),
+        gradient_step=jnp.zeros([], jnp.int32),
+        inner_opt_state=inner.init(params),
+        acc_grads=jax.tree.map(
+            lambda p: jnp.zeros(jnp.shape(p), jnp.promote_types(jnp.result_type(p),
+                                                                 jnp.float32)), params),
+        skip_state=())
+
+  def update_fn(updates, state, params=None, **extra_args):
+    acc_grads = jax.tree.map(lambda g, acc: g + acc, updates, state.acc_grads)
+    final_updates, new_inner_state = inner.update(
+        optax.tree.cast_like(acc_grads, updates), state.inner_opt_state, params, **extra_args)
+    emit = state.mini_step == (k - 1)
+    new_state = optax.MultiStepsState(
+        mini_step=optax.safe_increment(state.mini_step) % k,
+        gradient_step=emit * optax.safe_increment(state.gradient_step)
+        + (1 - emit) * state.gradient_step,
+        inner_opt_state=jax.tree.map(
+            lambda st, nst: jnp.astype(jnp.where(emit, nst, st), st.dtype),
+            state.inner_opt_state, new_inner_state),
+        acc_grads=jax.tree.map(
+            lambda ga, old: jnp.astype((1 - emit) * ga, old.dtype), acc_grads,
+            state.acc_grads),
+        skip_state=state.skip_state)
+    return jax.tree.map(lambda ga: emit * ga, final_updates), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def _decay_mask(patterns, params):
   """True where weight decay applies: leaves whose "/"-joined path matches no pattern."""
   if not patterns:
@@ -93,7 +142,7 @@ def core_transform(config: NadamConfig) -> optax.GradientTransformation:
         c.weight_decay, functools.partial(_decay_mask, c.exclude_from_weight_decay)))
   inner = optax.chain(*inner)
   if k > 1:
-    inner = optax.MultiSteps(inner, k, use_grad_mean=False).gradient_transformation()
+    inner = _accumulate(inner, k)
   scale = 1.0 if c.loss_scale_factor is None else 1.0 / c.loss_scale_factor
   return optax.chain(optax.scale(scale), inner)
 
@@ -111,11 +160,12 @@ def learning_rate(config: NadamConfig, step: chex.Array, dtype: Any = jnp.float3
   """``schedule(step) / (1 + decay * step)`` as a scalar of `dtype`.
 
   `dtype` is the state's mu-product dtype: float32, or float64 for float64
-  params under x64 (the core's dtype policy).
+  params under x64 (the core's dtype policy); a Keras schedule config is
+  computed in it.
   """
   lr = config.learning_rate
   if isinstance(lr, KerasSchedule):
-    lr = lr.schedule()(step)
+    lr = lr.schedule(dtype)(step)
   elif callable(lr):
     lr = lr(step)
   lr = jnp.asarray(lr, dtype)

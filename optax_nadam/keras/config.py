@@ -96,7 +96,8 @@ _KERAS3_MARKERS = ("use_ema", "ema_momentum", "loss_scale_factor",
 
 # The Keras-only ranges; beta_1, beta_2, epsilon, schedule_decay, learning_rate and
 # weight_decay reuse the core's (`_validation`), so each range is stated once.
-_CLIPNORM = _validation.Range(0.0, _validation.SQRT_F32_MAX, low_open=True, why=(
+_CLIPNORM = _validation.Range(_validation.F32_TINY, _validation.SQRT_F32_MAX, why=(
+    "a normal float32 (a smaller one is 0 on the CPU and 0/0 clips zero gradients to NaN); "
     "a float32 norm is at most 1.8e19, so a larger clipnorm never clips; pass None for no "
     "clipping"))
 _CLIPVALUE = _validation.Range(0.0, low_open=True, why="pass None for no clipping")
@@ -157,7 +158,7 @@ VALIDATORS: Dict[str, Callable[[str, Any], Any]] = {
     "clipnorm": _float(_CLIPNORM, optional=True),
     "clipvalue": _float(_CLIPVALUE, optional=True),
     "global_clipnorm": _float(_CLIPNORM, optional=True),
-    "weight_decay": _float(_validation.NON_NEGATIVE, optional=True),
+    "weight_decay": _float(_validation.WEIGHT_DECAY, optional=True),
     "exclude_from_weight_decay": _patterns,
     "use_ema": _validation.boolean,
     "ema_momentum": _float(_EMA_MOMENTUM),
@@ -254,5 +255,7 @@ def from_peer_config(config: Dict[str, Any]) -> Dict[str, Any]:
             "'decay' (learning-rate decay) explicitly.")
       c["schedule_decay"] = 1.0
     elif "decay" in c:
-      c["schedule_decay"] = c.pop("decay")
+      c["schedule_decay"] = _validation.number(
+          "from_config: 'decay' (tf-keras legacy's schedule_decay)", c.pop("decay"),
+          _validation.NON_NEGATIVE, plain=True)
   return c

@@ -3,8 +3,9 @@
 A Keras schedule serialises as ``{"class_name": "ExponentialDecay", "config":
 {...}}`` (Keras 3 adds ``"module"`` and ``"registered_name"``). `from_keras_config`
 reads such a dict -- plain data, never evaluated -- and returns a schedule
-``step -> float32 learning rate`` computed with the formulas of
-`keras.optimizers.schedules` (float32, like Keras). Unknown classes or keys
+``step -> learning rate`` computed with the formulas of
+`keras.optimizers.schedules`, in float32 like Keras, or in float64 for float64
+params under x64 (the core's scalar dtype). Unknown classes or keys
 raise a ValueError naming them; every number is checked by `_validation`
 (learning rates in [0, 1.8e19], step counts >= 1, ExponentialDecay's
 decay_rate in [0, 1], CosineDecay's alpha in [0, 1], finite float32 values).
@@ -20,75 +21,86 @@ from optax_nadam import _validation
 
 Schedule = Callable[[Any], Any]
 
-_F32 = jnp.float32
+
+def _f(x: Any, dtype: Any) -> Any:
+  """`x` as a scalar (or array) of `dtype`."""
+  return jnp.asarray(x, dtype)
 
 
-def _exponential(c: Dict[str, Any]) -> Schedule:
+
+def _exponential(c: Dict[str, Any], dtype: Any) -> Schedule:
   def schedule(step):
-    p = jnp.asarray(step, _F32) / _F32(c["decay_steps"])
+    p = _f(step, dtype) / _f(c["decay_steps"], dtype)
     if c["staircase"]:
       p = jnp.floor(p)
-    return _F32(c["initial_learning_rate"]) * jnp.power(_F32(c["decay_rate"]), p)
+    return _f(c["initial_learning_rate"], dtype) * jnp.power(_f(c["decay_rate"], dtype), p)
 
   return schedule
 
 
-def _inverse_time(c: Dict[str, Any]) -> Schedule:
+def _inverse_time(c: Dict[str, Any], dtype: Any) -> Schedule:
   def schedule(step):
-    p = jnp.asarray(step, _F32) / _F32(c["decay_steps"])
+    p = _f(step, dtype) / _f(c["decay_steps"], dtype)
     if c["staircase"]:
       p = jnp.floor(p)
-    return _F32(c["initial_learning_rate"]) / (1.0 + _F32(c["decay_rate"]) * p)
+    return _f(c["initial_learning_rate"], dtype) / (1.0 + _f(c["decay_rate"], dtype) * p)
 
   return schedule
 
 
-def _piecewise_constant(c: Dict[str, Any]) -> Schedule:
+def _piecewise_constant(c: Dict[str, Any], dtype: Any) -> Schedule:
   boundaries, values = list(c["boundaries"]), list(c["values"])
   if len(boundaries) != len(values) - 1:
     raise ValueError(
         "PiecewiseConstantDecay: 'values' must have one more entry than "
         f"'boundaries'; got {len(values)} values and {len(boundaries)} boundaries.")
+  for i in range(1, len(boundaries)):
+    if boundaries[i] < boundaries[i - 1]:
+      raise ValueError(
+          "PiecewiseConstantDecay: 'boundaries' must be in increasing order (Keras picks "
+          f"the value of the first boundary the step is below); got boundaries[{i - 1}] = "
+          f"{boundaries[i - 1]!r} > boundaries[{i}] = {boundaries[i]!r}. Sort them together "
+          "with their values.")
 
   def schedule(step):
     step = jnp.asarray(step)
     # Keras: values[0] while step <= boundaries[0], values[i] on (b[i-1], b[i]].
     index = jnp.sum(jnp.stack([step > b for b in boundaries]).astype(jnp.int32))
-    return jnp.asarray(values, _F32)[index]
+    return _f(values, dtype)[index]
 
   return schedule
 
 
-def _polynomial(c: Dict[str, Any]) -> Schedule:
+def _polynomial(c: Dict[str, Any], dtype: Any) -> Schedule:
   def schedule(step):
-    step = jnp.asarray(step, _F32)
-    decay_steps = _F32(c["decay_steps"])
+    step = _f(step, dtype)
+    decay_steps = _f(c["decay_steps"], dtype)
     if c["cycle"]:
       multiplier = jnp.where(step == 0, 1.0, jnp.ceil(step / decay_steps))
       decay_steps = decay_steps * multiplier
     else:
       step = jnp.minimum(step, decay_steps)
     p = step / decay_steps
-    init, end = _F32(c["initial_learning_rate"]), _F32(c["end_learning_rate"])
-    return (init - end) * jnp.power(1.0 - p, _F32(c["power"])) + end
+    init, end = _f(c["initial_learning_rate"], dtype), _f(c["end_learning_rate"], dtype)
+    return (init - end) * jnp.power(1.0 - p, _f(c["power"], dtype)) + end
 
   return schedule
 
 
-def _cosine(c: Dict[str, Any]) -> Schedule:
+def _cosine(c: Dict[str, Any], dtype: Any) -> Schedule:
   alpha = c["alpha"]
 
   def decay(step, decay_steps, from_lr):
-    cosine = 0.5 * (1.0 + jnp.cos(_F32(math.pi) * (step / decay_steps)))
+    cosine = 0.5 * (1.0 + jnp.cos(_f(math.pi, dtype) * (step / decay_steps)))
     return from_lr * ((1 - alpha) * cosine + alpha)
 
   def schedule(step):
-    step = jnp.asarray(step, _F32)
-    init = _F32(c["initial_learning_rate"])
-    decay_steps = _F32(c["decay_steps"])
+    step = _f(step, dtype)
+    init = _f(c["initial_learning_rate"], dtype)
+    decay_steps = _f(c["decay_steps"], dtype)
     if c["warmup_target"] is None:
       return decay(jnp.minimum(step, decay_steps), decay_steps, init)
-    target, warmup = _F32(c["warmup_target"]), _F32(c["warmup_steps"])
+    target, warmup = _f(c["warmup_target"], dtype), _f(c["warmup_steps"], dtype)
     step = jnp.minimum(step, decay_steps + warmup)
     warm = (target - init) * (step / jnp.maximum(warmup, 1e-30)) + init
     return jnp.where(step < warmup, warm, decay(step - warmup, decay_steps, target))
@@ -181,23 +193,25 @@ def _parse(spec: Any) -> Tuple[Callable[[Dict[str, Any]], Schedule], Dict[str, A
   return builder, c, {**spec, "config": given}
 
 
-def from_keras_config(spec: Dict[str, Any]) -> Schedule:
+def from_keras_config(spec: Dict[str, Any], dtype: Any = jnp.float32) -> Schedule:
   """Builds a jax schedule from a Keras schedule config dict.
 
   Args:
     spec: ``{"class_name": ..., "config": {...}}`` as written by
       `keras.optimizers.schedules.serialize` (``"module"`` and
       ``"registered_name"`` are accepted and ignored).
+    dtype: the dtype the schedule computes in: float32 (Keras's), or float64
+      for float64 params under x64 (the core's scalar dtype).
 
   Returns:
-    A function ``step -> float32 learning rate``.
+    A function ``step -> learning rate`` of `dtype`.
 
   Raises:
     ValueError: unknown class or key, missing key, out-of-range value.
     TypeError: a value of the wrong type.
   """
   builder, c, _ = _parse(spec)
-  return builder(c)
+  return builder(c, dtype)
 
 
 def _freeze(x: Any) -> Any:
@@ -236,6 +250,6 @@ class KerasSchedule:
     """The config dict (a fresh, plain-data copy)."""
     return _thaw(self.frozen)
 
-  def schedule(self) -> Schedule:
-    """The jax schedule ``step -> float32 learning rate``."""
-    return from_keras_config(self.as_dict())
+  def schedule(self, dtype: Any = jnp.float32) -> Schedule:
+    """The jax schedule ``step -> learning rate`` computed in `dtype` (see `from_keras_config`)."""
+    return from_keras_config(self.as_dict(), dtype)

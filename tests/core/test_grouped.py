@@ -92,8 +92,12 @@ def test_follows_the_plain_tree_to_float32_rounding(name):
   chex.assert_trees_all_equal_shapes_and_dtypes(unpacked, plain_s)
   for u, q in zip(jax.tree.leaves(unpacked), jax.tree.leaves(plain_s)):
     rtol = 1e-5 if u.dtype in (jnp.float32, jnp.int32) else 1e-2  # one bf16 rounding
+    # atol: the gradients depend on the params, whose last bits differ between the two
+    # fusions, so an O(1) moment near 0 after cancellation differs by a few 1e-7 (up to
+    # 1.6e-6 measured, before and after the float32-consistent scalars), not 1e-5 of itself.
+    atol = 4e-6 if u.dtype == jnp.float32 else 1e-12
     np.testing.assert_allclose(np.asarray(u, np.float64), np.asarray(q, np.float64),
-                               rtol=rtol, atol=1e-12)
+                               rtol=rtol, atol=atol)
   # The params really moved, far more than the tolerance.
   assert np.max(np.abs(np.asarray(plain_p["bias03"] - params["bias03"]))) > 1e-2
 

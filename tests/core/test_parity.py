@@ -107,8 +107,33 @@ def _final_diff(final, reference):
       np.ravel(np.asarray(a, np.float64) - b) for a, b in zip(final, reference, strict=True)])
 
 
+def drifting_problem(steps=200, seed=0):
+  """The `ref.peers_md_problem` leaves with a steady drift under the noise.
+
+  Each element's gradient is ``scale * (drift + noise)``: a per-element drift
+  drawn once from N(0, 1) (so most elements keep one sign for the whole run,
+  as gradients of an under-fitted model do) plus N(0, 1) noise per step, with
+  ``scale`` drawn per leaf from 10^U(-3, 1). The momentum and the second
+  moment then sit at a nonzero mean, where a float32 EMA whose weights do not
+  sum to 1 accumulates its bias.
+  """
+  rng = np.random.default_rng(1000 + seed)
+  shapes = [(5, 7), (11,), (2, 3, 4), ()]
+  params = [rng.normal(size=s).astype(np.float32) for s in shapes]
+  drift = [rng.normal(size=s) for s in shapes]
+  scale = [10 ** rng.uniform(-3, 1) for _ in shapes]
+  grads = [[((d + rng.normal(size=np.shape(d))) * c).astype(np.float32)
+            for d, c in zip(drift, scale)] for _ in range(steps)]
+  return params, grads
+
+
+PROBLEMS = {"zero-mean": ref.peers_md_problem, "drifting": drifting_problem}
+
+
 @pytest.mark.slow
-def test_float32_error_at_the_float32_floor():
+@pytest.mark.peers
+@pytest.mark.parametrize("kind", list(PROBLEMS))
+def test_float32_error_at_the_float32_floor(kind):
   # Final params after 200 steps at lr 1e-2 against the float64 formulas, over
   # 12 problems (seeds 1-12 of the PEERS.md generator): one problem decides
   # nothing, its ranking flips from seed to seed. "floor" is the float64
@@ -121,7 +146,7 @@ def test_float32_error_at_the_float32_floor():
   errors = {name: [] for name in names}  # per problem: (rms, max)
   small = {name: [] for name in names}  # errors on elements with |reference| < SMALL_PARAM
   for seed in FLOAT32_SEEDS:
-    params, grads = ref.peers_md_problem(STEPS, seed)
+    params, grads = PROBLEMS[kind](STEPS, seed)
     reference = ref.reference_nadam(params, grads, **hp)[-1]
     finals = {
         "ours": _ours(hp, params, grads)[-1],
@@ -137,7 +162,8 @@ def test_float32_error_at_the_float32_floor():
   rms = {name: np.array([e[0] for e in errors[name]]) for name in names}
   top = {name: np.array([e[1] for e in errors[name]]) for name in names}
   median = {name: float(np.median(rms[name])) for name in names}
-  print(f"\nfloat32 error of the final params vs float64, {len(FLOAT32_SEEDS)} problems "
+  print(f"\n{kind} gradients: float32 error of the final params vs float64, "
+        f"{len(FLOAT32_SEEDS)} problems "
         f"(seeds {FLOAT32_SEEDS.start}-{FLOAT32_SEEDS.stop - 1}), {STEPS} steps, lr 1e-2:")
   for name in names:
     print(f"  {name:16s} rms: median {median[name]:.3g} [{rms[name].min():.3g}-"
@@ -155,8 +181,10 @@ def test_float32_error_at_the_float32_floor():
         f"|param| < {SMALL_PARAM} (little rounding, the step's own error shows), rms: " + ", ".join(
             f"{name} {np.sqrt(np.mean(np.concatenate(small[name]) ** 2)):.3g}" for name in names))
   # Tied with the seed's class and at the floor: imprecise per-step scalars
-  # (e.g. float32(b2) ** t, off by 1e-5 a step) would add ~1e-5 here.
-  assert median["ours"] <= 1.1 * median["tf_keras_legacy"], median
+  # (e.g. float32(b2) ** t, off by 1e-5 a step) would add ~1e-5 here, and EMA
+  # weights that do not sum to 1 in float32 add a bias that drifting gradients
+  # show (1.56x tf-keras legacy before the scalars were made consistent).
+  assert median["ours"] <= 1.05 * median["tf_keras_legacy"], median
   assert median["ours"] <= 1.1 * median["floor"], median
   # torch rounds its float64 scalars into float32 tensor ops; it is measurably off the floor.
   assert median["ours"] < median["torch"], median

@@ -70,16 +70,21 @@ def test_scalars_are_float32_for_32_bit_and_narrower_trees(dtype):
 def _documented_float32_step(b1, b2, eps, psi):
   """The float32 step as documented, written independently of the package.
 
-  Concrete hyperparameters are evaluated in float64 and rounded once to
-  float32; every per-step scalar is float32; sqrt(1 - b2^t) is folded into
-  the coefficients (eps_root = 0); each leaf is computed in float32.
+  Concrete hyperparameters are rounded to float32, every scalar derived from
+  one (1 - b2, log b2) is evaluated in float64 from the rounded value and
+  rounded once to float32; every per-step scalar is float32; sqrt(1 - b2^t)
+  is folded into the coefficients (eps_root = 0); each leaf is computed in
+  float32. (The cuts of the gradient and of the step never act on these
+  gradients; test_overflow.py tests them.)
   """
   f32 = np.float32
+  b1, b2, psi = (float(f32(x)) for x in (b1, b2, psi))
   log_decay, log_b2 = f32(psi * math.log(0.96)), f32(math.log(b2))
   b1_, b2_, one_minus_b1, one_minus_b2 = f32(b1), f32(b2), f32(1 - b1), f32(1 - b2)
 
   @jax.jit
   def step(count, prod, m, v, g):
+    bound = 1e3  # far above any step here (the formula's bound is below 40)
     t = (count + 1).astype(jnp.float32)
     mu = b1_ * (1 - 0.5 * jnp.exp(t * log_decay))
     mu_next = b1_ * (1 - 0.5 * jnp.exp((t + 1) * log_decay))
@@ -91,9 +96,16 @@ def _documented_float32_step(b1, b2, eps, psi):
     out = {}
     for k in g:
       g_k = g[k].astype(jnp.float32)
+      # The cut of the gradient to sqrt(max) / 2 of v's dtype (test_overflow.py).
+      limit = 0.5 * math.sqrt(float(jnp.finfo(v[k].dtype).max))
+      g_k = jnp.clip(g_k, -limit, limit) + 0.0 * g_k
       m_k = b1_ * m[k].astype(jnp.float32) + one_minus_b1 * g_k
       v_k = b2_ * v[k].astype(jnp.float32) + one_minus_b2 * (g_k * g_k)
+      # Saturation of v (for states imported from elsewhere).
+      v_max = jnp.full_like(v_k, jnp.finfo(v[k].dtype).max)
+      v_k = jax.lax.select(v_k > v_max, v_max, v_k)
       u_k = (coef_g * g_k + coef_m * m_k) / (jnp.sqrt(v_k) + eps_hat)
+      u_k = jnp.clip(u_k, -bound, bound)  # bound: see test_overflow.py
       out[k] = (u_k.astype(g[k].dtype), m_k.astype(m[k].dtype), v_k.astype(v[k].dtype))
     return prod, out
 

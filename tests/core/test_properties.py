@@ -166,9 +166,15 @@ def test_first_step_is_finite_bounded_against_the_gradient_and_exact(tree_name, 
     rtol, atol = RTOL[dtype], ATOL[dtype]
     assert np.all(np.abs(u64) <= 2.0 * lr)
     bound = lr * factor * np.abs(g64) / (np.abs(g64) + np.float32(hp["eps"]))
+    # Where (1 - b2) g^2 is below the smallest normal float32, v is subnormal and its
+    # square root keeps fewer bits (found by hypothesis with b2 = 1 - 2**-24, |g| =
+    # 2.8e-16: 2.8e-5 relative, the same before and after the float32-consistent scalars).
+    one_minus_b2 = 1.0 - float(np.float32(hp["b2"]))
+    subnormal_v = one_minus_b2 * g64 * g64 < np.finfo(np.float32).tiny
+    rtol = np.where(subnormal_v, max(rtol, 1e-3), rtol)
     assert np.all(np.abs(u64) <= bound * (1 + rtol) + atol)
     # And it is the closed form itself.
-    np.testing.assert_allclose(u64, expected, rtol=rtol, atol=atol)
+    assert np.all(np.abs(u64 - expected) <= rtol * np.abs(expected) + atol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)

@@ -134,6 +134,10 @@ def test_per_step_scalars_are_float64_accurate(b1, b2, eps, psi, naive_worse):
       lambda c, p: _naive_update(b1, b2, eps, psi, c, p, jnp.float32(g),
                                  jnp.float32(m), jnp.float32(v))))(
       counts.astype(np.int32), prods), np.float64)
+  # The formulas in float64 at the float32-rounded hyperparameters: the betas
+  # the float32 EMAs use (rounding them is the state's precision, not the step's).
+  given = f"b1={b1} b2={b2}"
+  b1, b2, eps, psi = (float(np.float32(x)) for x in (b1, b2, eps, psi))
   t = counts + 1.0
   mu = b1 * (1 - 0.5 * 0.96 ** (psi * t))
   mu_n = b1 * (1 - 0.5 * 0.96 ** (psi * (t + 1)))
@@ -143,7 +147,7 @@ def test_per_step_scalars_are_float64_accurate(b1, b2, eps, psi, naive_worse):
       np.sqrt(v_t / (1 - b2**t)) + eps)
   ours_err = np.max(np.abs(got - exact) / np.abs(exact))
   naive_err = np.max(np.abs(naive - exact) / np.abs(exact))
-  print(f"b1={b1} b2={b2}: ours {ours_err:.2g}, textbook float32 {naive_err:.2g}")
+  print(f"{given}: ours {ours_err:.2g}, textbook float32 {naive_err:.2g}")
   assert ours_err <= 5e-7, ours_err  # a few float32 ulps
   # The control: textbook float32 code loses digits where b2 is near 1
   # (float32(b2) ** t), which is what this test is there to catch.

@@ -1,0 +1,131 @@
+"""Overflow: no step is longer than NAdam's own bound, whatever the gradients.
+
+Each gradient is cut to sqrt(max) / 2 of v's dtype and each step to NAdam's
+bound, derived in `optax_nadam._bounds` (Cauchy-Schwarz on the formulas);
+here it is recomputed in float64 numpy from the formulas alone, checked to be
+attained (so it is the formula's own, not a looser number), and checked
+against every step of the sequences of issue 18 and of hypothesis-drawn
+sequences of finite gradients of every magnitude.
+"""
+
+import math
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from optax_nadam import scale_by_nadam
+
+
+def _f32(x):
+  return float(np.float32(x))
+
+
+def bound64(t, b1, b2, psi=0.004):
+  """The largest |update| of the formulas at step t (eps = 0), in float64."""
+  b1, b2, psi = _f32(b1), _f32(b2), _f32(psi)  # the betas the float32 EMAs use
+  mu = [b1 * (1 - 0.5 * 0.96 ** (psi * i)) for i in range(1, t + 2)]
+  prod_t = math.prod(mu[:t])
+  coef_g = (1 - mu[t - 1]) / (1 - prod_t)
+  coef_m = mu[t] / (1 - prod_t * mu[t])
+  w = [coef_g + coef_m * (1 - b1)] + [coef_m * (1 - b1) * b1**k for k in range(1, t)]
+  return math.sqrt((1 - b2**t) / (1 - b2)) * math.sqrt(sum(wk**2 / b2**k for k, wk in enumerate(w)))
+
+
+def _updates(dtype, gradients, **hp):
+  """|update| after each gradient, one coordinate, in float64."""
+  tx = scale_by_nadam(**hp)
+  update = jax.jit(tx.update)
+  state = tx.init(jnp.zeros((1,), dtype))
+  out = []
+  for g in gradients:
+    u, state = update(jnp.asarray([g], dtype), state)
+    out.append(float(np.abs(np.asarray(u, np.float64))[0]))
+  return np.array(out)
+
+
+def _formula(gradients, b1=0.9, b2=0.999, eps=1e-7, psi=0.004):
+  """|update| of the formulas in float64 (no saturation: float64 holds 1e60)."""
+  m = v = prod = 0.0
+  prod = 1.0
+  out = []
+  for t, g in enumerate(gradients, start=1):
+    mu = b1 * (1 - 0.5 * 0.96 ** (psi * t))
+    mu_next = b1 * (1 - 0.5 * 0.96 ** (psi * (t + 1)))
+    prod *= mu
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    m_bar = (1 - mu) * g / (1 - prod) + mu_next * m / (1 - prod * mu_next)
+    out.append(abs(m_bar / (math.sqrt(v / (1 - b2**t)) + eps)))
+  return np.array(out)
+
+
+def _assert_within_bound(steps, b1=0.9, b2=0.999, psi=0.004, rtol=1e-5):
+  # rtol: the float32 rounding of the bound, or the update's own dtype rounding.
+  for t, s in enumerate(steps, start=1):
+    assert np.isfinite(s) and s <= bound64(t, b1, b2, psi) * (1 + rtol), (t, s)
+
+
+def test_the_bound_is_attained_so_it_is_the_formulas_own():
+  # g_{t-k} proportional to w_k / b2^k makes Cauchy-Schwarz an equality.
+  b1, b2, t = 0.9, 0.999, 30
+  mu = [b1 * (1 - 0.5 * 0.96 ** (0.004 * i)) for i in range(1, t + 2)]
+  prod_t = math.prod(mu[:t])
+  coef_m = mu[t] / (1 - prod_t * mu[t])
+  coef_g = (1 - mu[t - 1]) / (1 - prod_t)
+  w = [coef_g + coef_m * (1 - b1)] + [coef_m * (1 - b1) * b1**k for k in range(1, t)]
+  gradients = [w[t - i] / b2 ** (t - i) for i in range(1, t + 1)]
+  steps = _updates(jnp.float32, gradients, b1=b1, b2=b2, eps=0.0)
+  np.testing.assert_allclose(steps[-1], bound64(t, b1, b2), rtol=1e-5)
+  # (bound64 takes the float32-rounded betas: 1e-7 from the exact ones)
+  np.testing.assert_allclose(_formula(gradients, eps=0.0)[-1], bound64(t, b1, b2), rtol=1e-6)
+
+
+def test_issue_sequences_stay_within_the_bound():
+  # The sequences of issue 18, before: 1.8e9, 1.7e10 (10 lr 200 steps after),
+  # 1.8e9 and 119 times the learning rate (v saturated; the peers freeze instead).
+  first = _updates(jnp.float32, [1e30])
+  print(f"\nfloat32 g = 1e30: first step {first[0]:.3g} lr (formula {_formula([1e30])[0]:.3g})")
+  _assert_within_bound(first)
+  np.testing.assert_allclose(first[0], _formula([1e30])[0], rtol=1e-5)
+  seq = [1e30] * 100 + [1.0] * 200
+  steps, formula = _updates(jnp.float32, seq), _formula(seq)
+  print(f"float32 100 x 1e30 then 200 x 1: largest {steps.max():.3g} lr, largest after the "
+        f"switch {steps[100:].max():.3g}, last {steps[-1]:.3g} (formula {formula[-1]:.3g})")
+  _assert_within_bound(steps)
+  # The steps come back down with the formulas' (the cut gradients' m and v are
+  # consistent, and NAdam's step does not depend on the gradients' scale).
+  np.testing.assert_allclose(steps[-1], formula[-1], rtol=1e-2)
+  bf16 = _updates(jnp.bfloat16, [1e30])
+  print(f"bfloat16 g = 1e30: first step {bf16[0]:.3g} lr")
+  _assert_within_bound(bf16, rtol=2.0**-8)
+  f16 = _updates(jnp.float16, [6e4] * 300)
+  print(f"float16 g = 6e4 (cut to 128; uncut, v would saturate at 65504): largest step "
+        f"{f16.max():.3g} lr")
+  _assert_within_bound(f16, rtol=2.0**-11)
+
+
+_MAGNITUDES = [0.0, 1e-45, 1e-40, 1e-30, 1e-19, 1e-3, 1.0, 1e3, 1e19, 1e30, 3.4e38]
+
+
+@pytest.mark.slow  # 6 s: a compilation per drawn dtype and hyperparameters
+@hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
+@hypothesis.given(
+    dtype=st.sampled_from(["float32", "bfloat16", "float16"]),
+    b1=st.sampled_from([0.0, 0.5, 0.9, 0.99]),
+    b2=st.sampled_from([0.5, 0.9, 0.999, 0.9999]),
+    eps=st.sampled_from([0.0, 1e-8, 1e-3]),
+    gradients=st.lists(st.tuples(st.sampled_from(_MAGNITUDES), st.sampled_from([1.0, -1.0])),
+                       min_size=1, max_size=12))
+def test_every_step_of_every_finite_sequence_is_within_the_bound(dtype, b1, b2, eps, gradients):
+  finfo_max = float(jnp.finfo(dtype).max)
+  seq = [min(a, finfo_max) * s for a, s in gradients]  # finite in the params' dtype
+  steps = _updates(jnp.dtype(dtype), seq, b1=b1, b2=b2, eps=eps)
+  for t, step in enumerate(steps, start=1):
+    bound = bound64(t, b1, b2) if b1 * b1 < b2 or t < 40 else math.inf
+    assert np.isfinite(step), (t, step)
+    rtol = max(1e-5, float(jnp.finfo(dtype).eps))  # the update is rounded to the dtype
+    assert step <= min(bound, 2.0**63) * (1 + rtol), (t, step, bound)
