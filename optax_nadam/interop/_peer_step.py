@@ -6,10 +6,12 @@ numpy float64, used by `optax_nadam.interop._check` as the reference tx must
 match.
 """
 
+import math
 from typing import Any, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from optax_nadam import _bounds
 from optax_nadam.transform import momentum_coefficient
 
 
@@ -53,6 +55,19 @@ def _clip(hypers: Sequence[PeerHyperparams], grads: List[np.ndarray]) -> List[np
   return out
 
 
+def _step_bound(h: "PeerHyperparams", t: int, mu_t: float, mu_next: float,
+                product: float) -> float:
+  """NAdam's attained bound on ``|m_bar / denominator|`` for the peer's step `t`."""
+  log_b1 = math.log(h.b1) if h.b1 > 0 else -math.inf
+  if h.b1 <= 0:
+    log_r = -math.inf
+  else:
+    log_r = 2.0 * log_b1 - math.log(h.b2) if h.b2 > 0 else math.inf
+  return float(_bounds.step_bound(
+      float(t), (1.0 - mu_t) / (1.0 - product), mu_next / (1.0 - product * mu_next),
+      1.0 - h.b1, 1.0 - h.b2, 1.0 - h.b2 ** t, log_b1, log_r))
+
+
 def peer_step(hypers: Sequence[PeerHyperparams], leaves: Sequence[Any],
               grads: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> List[np.ndarray]:
   """The update the peer applies from a state, in float64 (``p_new = p + update``).
@@ -86,7 +101,13 @@ def peer_step(hypers: Sequence[PeerHyperparams], leaves: Sequence[Any],
     v_t = h.b2 * np.asarray(v, np.float64) + (1.0 - h.b2) * g * g
     denom = np.sqrt(v_t / (1.0 - h.b2 ** t)) + h.eps
     step = (1.0 - mu_t) / (1.0 - product) * g + mu_next / (1.0 - product * mu_next) * m_t
-    update = -h.learning_rate * np.where(denom > 0, step / np.where(denom > 0, denom, 1), 0)
+    ratio = np.where(denom > 0, step / np.where(denom > 0, denom, 1), 0)
+    # The formulas' own bound on |m_bar / denominator| (`optax_nadam._bounds`), which tx
+    # applies too: it only acts on states the formulas cannot reach from zero moments,
+    # e.g. a float16 v flushed to 0 beside a surviving m.
+    bound = _step_bound(h, t, mu_t, mu_next, product)
+    ratio = np.clip(ratio, -bound, bound)
+    update = -h.learning_rate * ratio
     if h.weight_decay and h.decoupled_weight_decay:
       update = update - h.learning_rate * h.weight_decay * p
     out.append(update)
