@@ -116,14 +116,20 @@ def run_torch(params, grads, lr, b1, b2, eps, momentum_decay, weight_decay=0.0,
 
 def run_tf_legacy(params, grads, lr, b1, b2, eps, momentum_decay):
   """tf_keras.optimizers.legacy.Nadam (the seed's class); params after every step."""
+  return tf_legacy_run(params, grads, learning_rate=lr, beta_1=b1, beta_2=b2, epsilon=eps,
+                       schedule_decay=momentum_decay)[0]
+
+
+def tf_legacy_run(params, grads, **kwargs):
+  """tf_keras.optimizers.legacy.Nadam(**kwargs), a tf.function step.
+
+  Returns ``(params after every step, the optimizer)``.
+  """
   import tensorflow as tf
   import tf_keras
 
   vs = [tf.Variable(x) for x in params]
-  opt = tf_keras.optimizers.legacy.Nadam(
-      learning_rate=lr, beta_1=b1, beta_2=b2, epsilon=eps,
-      schedule_decay=momentum_decay,
-  )
+  opt = tf_keras.optimizers.legacy.Nadam(**kwargs)
 
   @tf.function
   def step(gs):
@@ -133,7 +139,7 @@ def run_tf_legacy(params, grads, lr, b1, b2, eps, momentum_decay):
   for gs in grads:
     step([tf.constant(g) for g in gs])
     history.append([v.numpy().copy() for v in vs])
-  return history
+  return history, opt
 
 
 def run_keras3(params, grads, lr, b1, b2, eps):
@@ -202,6 +208,24 @@ def continue_optax(tx, state, params, grads, with_state=False):
     ps, state = step(ps, state, jax.tree.map(jax.numpy.asarray, gs))
     history.append([np.asarray(x) for x in jax.tree.leaves(ps)])
   return (history, state) if with_state else history
+
+
+def continue_on_loss(tx, params, state, loss, *batch, steps):
+  """`steps` jitted steps of `tx` on ``jax.grad(loss)(params, *batch)`` from `state`.
+
+  Returns ``(the params' leaves as numpy arrays, the final state)``.
+  """
+  import jax
+  import optax
+
+  @jax.jit
+  def step(params, state):
+    updates, state = tx.update(jax.grad(loss)(params, *batch), state, params)
+    return optax.apply_updates(params, updates), state
+
+  for _ in range(steps):
+    params, state = step(params, state)
+  return [np.asarray(p) for p in jax.tree.leaves(params)], state
 
 
 def run_ours(tx, params, grads):

@@ -15,12 +15,12 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import optax_nadam
 from optax_nadam.interop import _formats as keras_files
 from optax_nadam.interop import keras as interop  # params_from_keras, state_from_keras
+from tests.helpers import reference as ref
 
 TOL = 1e-5
 LR = 0.01
@@ -49,14 +49,7 @@ def _mlp_loss(params, x, y):
 
 
 def _continue_with_state(tx, params, state, x, y):
-  @jax.jit
-  def step(params, state):
-    updates, state = tx.update(jax.grad(_mlp_loss)(params, x, y), state, params)
-    return optax.apply_updates(params, updates), state
-
-  for _ in range(STEPS):
-    params, state = step(params, state)
-  return [np.asarray(p) for p in params], state
+  return ref.continue_on_loss(tx, params, state, _mlp_loss, x, y, steps=STEPS)
 
 
 def _continue(tx, params, state, x, y):

@@ -69,21 +69,7 @@ def run_ours_named(opt, params, grads):
 
 def run_tf_legacy(params, grads, **kwargs):
   """tf_keras.optimizers.legacy.Nadam(**kwargs), a tf.function step."""
-  import tensorflow as tf
-  import tf_keras
-
-  vs = [tf.Variable(x) for x in params]
-  opt = tf_keras.optimizers.legacy.Nadam(**kwargs)
-
-  @tf.function
-  def step(gs):
-    opt.apply_gradients(zip(gs, vs))
-
-  history = []
-  for gs in grads:
-    step([tf.constant(g) for g in gs])
-    history.append([v.numpy().copy() for v in vs])
-  return history, opt
+  return ref.tf_legacy_run(params, grads, **kwargs)
 
 
 def run_keras3(params, grads, exclude=None, **kwargs):
