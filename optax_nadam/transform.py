@@ -197,7 +197,8 @@ def _step_scalars(h: _Hyper, t, mu_product, dtype, fold: bool):
       coef_m=coef_m, inv_bias_2=1.0 / bias_2, eps_root=_rounded(h.eps_root, dtype))
 
 
-def _leaf(s: StepScalars, g, m, v, scalar_dtype, zero_denominator_possible: bool):
+def _leaf(s: StepScalars, g, m, v, scalar_dtype, zero_denominator_possible: bool,
+          step_cut_needed):
   """One leaf's update, ``m_t`` and ``v_t`` (the formulas of the module docstring).
 
   Args:
@@ -208,6 +209,8 @@ def _leaf(s: StepScalars, g, m, v, scalar_dtype, zero_denominator_possible: bool
     scalar_dtype: the dtype of `s`.
     zero_denominator_possible: eps and eps_root are 0 in float32: a 0/0 step
       (no gradient yet) is taken as 0.
+    step_cut_needed: ``(compute_dtype, m_dtype, v_dtype) -> bool``, whether
+      the step cut can act beyond rounding (`_bounds.step_cut_needed`).
 
   Returns:
     ``(update, m_t, v_t)`` in the dtypes of `g`, `m` and `v`.
@@ -219,23 +222,22 @@ def _leaf(s: StepScalars, g, m, v, scalar_dtype, zero_denominator_possible: bool
     # once to float32, then the leaf computed as in a float32-only tree.
     s = StepScalars(*(None if x is None else jnp.asarray(x).astype(real) for x in s))
   # Cut to the largest gradient whose square v's dtype holds (`_bounds`): m and v
-  # stay the formulas' for the cut gradients, and v never overflows.
-  g_c = _bounds.cut_gradient(g.astype(compute), _bounds.gradient_limit(v.dtype))
-  m_t = s.b1 * m.astype(compute) + s.one_minus_b1 * g_c
-  g_sq = jnp.real(g_c * jnp.conj(g_c)) if jnp.iscomplexobj(g_c) else g_c * g_c
+  # stay the formulas' for the cut gradients, and a finite v never overflows.
+  g_in = g.astype(compute)
+  limit = _bounds.gradient_limit(v.dtype)
+  g_c = _bounds.cut_gradient(g_in, limit)
+  # An infinite gradient makes m (and so the update) NaN; v takes the cut value.
+  m_t = s.b1 * m.astype(compute) + s.one_minus_b1 * _bounds.keep_non_finite(g_c, g_in)
+  g_sq = _bounds.cut_square(g_in, limit)  # |g_c|^2, one instruction for real g
   v_real = jnp.real(v) if jnp.iscomplexobj(v) else v  # |g|^2 kept in a complex v
   v_t = s.b2 * v_real.astype(g_sq.dtype) + s.one_minus_b2 * g_sq
-  # Saturate instead of overflowing (only a state imported from elsewhere can get
-  # here: cut gradients keep v below a quarter of the max). NaN still propagates
-  # (NaN > max is False). A compare + select, not jnp.minimum: XLA:CPU duplicates a
-  # minimum into the step's fusion and then copies v per leaf (2-3x slower step).
-  v_max = jax.lax.full_like(v_t, jnp.finfo(v.dtype).max)
-  v_t = jax.lax.select(v_t > v_max, v_max, v_t)
   if s.eps_root is None:  # sqrt(1 - b2 ** t) folded into the scalars
     denominator = jnp.sqrt(v_t) + s.eps
   else:
     denominator = jnp.sqrt(v_t * s.inv_bias_2 + s.eps_root) + s.eps
-  update = _bounds.cut_step((s.coef_g * g_c + s.coef_m * m_t) / denominator, s.step_bound)
+  update = (s.coef_g * g_c + s.coef_m * m_t) / denominator
+  if step_cut_needed(compute, m.dtype, v.dtype):
+    update = _bounds.cut_step(update, s.step_bound)
   if zero_denominator_possible:
     # v_t = 0 (no gradient yet, or g^2 below the smallest float): 0/0 would be
     # NaN; take the step as 0. A NaN denominator (NaN gradient) still propagates.
@@ -319,6 +321,14 @@ def scale_by_nadam(
       _validation.concrete_float(h.eps) or 0.0) >= 1e-29 and not (
       _validation.concrete_float(h.eps_root) or 0.0) >= _validation.F32_TINY
 
+  def step_cut_needed(compute, m_dtype, v_dtype):
+    # The hyperparameters rounded to the compute dtype, as the leaf uses them.
+    def rounded(x):
+      value = _validation.concrete_float(x)
+      return None if value is None else float(np.dtype(jnp.finfo(compute).dtype).type(value))
+    return _bounds.step_cut_needed(compute, m_dtype, v_dtype, rounded(h.b1), rounded(h.b2),
+                                   rounded(h.eps), rounded(h.eps_root))
+
   def init_fn(params):
     if mu_dtype is not None:
       check_mu_dtype(mu_dtype, params)
@@ -336,7 +346,8 @@ def scale_by_nadam(
     count = optax.safe_increment(state.count)
     mu_product, scalars = _step_scalars(h, count.astype(dtype), state.mu_product, dtype, fold)
     out = jax.tree.map(
-        lambda g, m, v: _leaf(scalars, g, m, v, dtype, zero_denominator_possible),
+        lambda g, m, v: _leaf(scalars, g, m, v, dtype, zero_denominator_possible,
+                              step_cut_needed),
         updates, state.m, state.v)
     new_updates, m, v = (
         jax.tree.map(lambda _, o, i=i: o[i], updates, out) for i in range(3))

@@ -51,7 +51,7 @@ import numpy as np
 
 from optax_nadam import _tree
 from optax_nadam._tree import path_str
-from optax_nadam.interop._nodes import find_nadam_states, param_paths, read_state
+from optax_nadam.interop._nodes import find_nadam_states, param_paths, read_state, storage_dtypes
 from optax_nadam.interop._peer_step import PeerHyperparams, peer_step
 from optax_nadam.transform import ScaleByNadamState
 
@@ -70,6 +70,7 @@ class Probe(NamedTuple):
   params: List[np.ndarray]
   state: Any  # the imported state, or one with crafted moments
   leaves: List[Any]  # per leaf (count, mu_product, m, v) of `state`, as tx sees them
+  storage: List[Any]  # per leaf the dtypes (m, v) are stored in (`storage_dtypes`)
 
 
 def _with_moments(state: Any, params: Any, m: Sequence[Any], v: Sequence[Any]) -> Any:
@@ -100,17 +101,20 @@ def probes(hypers: Sequence[PeerHyperparams], state: Any, params: Any) -> List[P
     small.append(0.01 * scale * sign)
     big.append(1e3 * (scale + 1.0) * sign)
     unit_m.append(h.eps * sign)  # with v = 0 the step is lr * m / eps: eps moves it 1:1
-  out = [Probe("g=0, p=0", zeros, zeros, state, leaves),
-         Probe("g=0, p=params", zeros, values, state, leaves),
-         Probe("g=delta, p=0", small, zeros, state, leaves)]
+  storage = storage_dtypes(state, params)
+  out = [Probe("g=0, p=0", zeros, zeros, state, leaves, storage),
+         Probe("g=0, p=params", zeros, values, state, leaves, storage),
+         Probe("g=delta, p=0", small, zeros, state, leaves, storage)]
   crafted = _with_moments(state, params, unit_m, zeros)
-  out.append(Probe("m=eps, v=0, g=0, p=0", zeros, zeros, crafted, read_state(crafted, params)))
+  out.append(Probe("m=eps, v=0, g=0, p=0", zeros, zeros, crafted, read_state(crafted, params),
+                   storage))
   # m = v = 0: the gradient alone sets the step, with another dependence on b2
   # than the imported moments have: b2 and the learning rate are told apart.
   crafted = _with_moments(state, params, zeros, zeros)
-  out.append(Probe("m=0, v=0, g=delta, p=0", small, zeros, crafted, read_state(crafted, params)))
+  out.append(Probe("m=0, v=0, g=delta, p=0", small, zeros, crafted,
+                   read_state(crafted, params), storage))
   if any(h.clips_in_optimizer for h in hypers):
-    out.append(Probe(_CLIP_PROBE, big, zeros, state, leaves))
+    out.append(Probe(_CLIP_PROBE, big, zeros, state, leaves, storage))
   return [x._replace(grads=rounded(x.grads), params=rounded(x.params)) for x in out]
 
 
@@ -130,7 +134,7 @@ def tx_steps(tx, params: Any, inputs: Sequence[Probe]) -> Optional[List[list]]:
 
 
 def _expected(hypers: Sequence[PeerHyperparams], inputs: Sequence[Probe]) -> List[list]:
-  return [peer_step(hypers, x.leaves, x.grads, x.params) for x in inputs]
+  return [peer_step(hypers, x.leaves, x.grads, x.params, x.storage) for x in inputs]
 
 
 def gaps(expected: Sequence[list], actual: Sequence[list], i: int) -> List[float]:
@@ -168,7 +172,8 @@ def matching_tx(h: PeerHyperparams) -> str:
 def _leaf_gap(h: PeerHyperparams, inputs: Sequence[Probe], actual, i: int) -> float:
   """Leaf i's largest probe gap if the peer had hyperparameters `h` (no global clip)."""
   h = h._replace(global_clipnorm=None)
-  expected = [peer_step([h], [x.leaves[i]], [x.grads[i]], [x.params[i]]) for x in inputs]
+  expected = [peer_step([h], [x.leaves[i]], [x.grads[i]], [x.params[i]], [x.storage[i]])
+              for x in inputs]
   return max(gaps(expected, [[a[i]] for a in actual], 0))
 
 

@@ -84,6 +84,30 @@ def to_numpy(x: Any) -> np.ndarray:
   return x if x.dtype in (np.float16, np.float32, np.float64) else x.astype(np.float32)
 
 
+def storage_dtypes(state: Any, params: Any) -> List[Tuple[np.dtype, np.dtype]]:
+  """Per params leaf, the dtypes ``(m, v)`` are stored in (`read_state`'s order).
+
+  `read_state` widens bfloat16 to float32 for numpy; the step's overflow
+  guards depend on the stored dtypes (`optax_nadam._bounds.step_cut_needed`).
+
+  Args:
+    state: a state of a tx containing scale_by_nadam, for `params`.
+    params: the params tree (fixes the leaf order).
+
+  Returns:
+    One ``(m dtype, v dtype)`` pair per ``jax.tree.leaves(params)`` entry.
+  """
+  nodes = dict(find_nadam_states(state))
+  index = {p: i for i, p in enumerate(param_paths(params))}
+  out: List[Any] = [None] * len(index)
+  for node_path, _ in owners(state, params):
+    node = nodes[node_path]
+    for leaf_path, m, v in zip(param_paths(node.m), jax.tree.leaves(node.m),
+                               jax.tree.leaves(node.v)):
+      out[index[leaf_path]] = (jnp.dtype(m.dtype), jnp.dtype(v.dtype))
+  return out
+
+
 def read_state(state: Any, params: Any) -> List[Tuple[int, np.floating, np.ndarray, np.ndarray]]:
   """Per params leaf, ``(count, mu_product, m, v)`` (numpy copies) from `state`.
 

@@ -7,8 +7,9 @@ match.
 """
 
 import math
-from typing import Any, List, NamedTuple, Optional, Sequence
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
+import jax.numpy as jnp
 import numpy as np
 
 from optax_nadam import _bounds
@@ -68,8 +69,18 @@ def _step_bound(h: "PeerHyperparams", t: int, mu_t: float, mu_next: float,
       1.0 - h.b1, 1.0 - h.b2, 1.0 - h.b2 ** t, log_b1, log_r))
 
 
+def _tx_cuts(h: "PeerHyperparams", storage: Tuple[Any, Any]) -> bool:
+  """Whether tx with hyperparameters `h` cuts the step of a leaf stored as `storage`."""
+  m_dtype, v_dtype = (jnp.dtype(d) for d in storage)
+  compute = jnp.promote_types(v_dtype, jnp.float32)
+  rounded = lambda x: float(np.dtype(compute).type(x))  # noqa: E731
+  return _bounds.step_cut_needed(compute, m_dtype, v_dtype, rounded(h.b1), rounded(h.b2),
+                                 rounded(h.eps), 0.0)
+
+
 def peer_step(hypers: Sequence[PeerHyperparams], leaves: Sequence[Any],
-              grads: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> List[np.ndarray]:
+              grads: Sequence[np.ndarray], params: Sequence[np.ndarray],
+              storage: Sequence[Tuple[Any, Any]]) -> List[np.ndarray]:
   """The update the peer applies from a state, in float64 (``p_new = p + update``).
 
   Args:
@@ -77,6 +88,8 @@ def peer_step(hypers: Sequence[PeerHyperparams], leaves: Sequence[Any],
     leaves: per params leaf ``(count, mu_product, m, v)``, e.g. `read_state`'s.
     grads: per params leaf the gradient.
     params: per params leaf the parameter value.
+    storage: per params leaf the dtypes tx stores ``(m, v)`` in
+      (`storage_dtypes`): the step is cut to NAdam's bound where tx cuts it.
 
   Returns:
     Per params leaf the float64 update.
@@ -87,7 +100,7 @@ def peer_step(hypers: Sequence[PeerHyperparams], leaves: Sequence[Any],
   """
   grads = _clip(hypers, [np.asarray(g, np.float64) for g in grads])
   out = []
-  for h, (count, mu_product, m, v), g, p in zip(hypers, leaves, grads, params):
+  for h, (count, mu_product, m, v), g, p, dtypes in zip(hypers, leaves, grads, params, storage):
     p = np.asarray(p, np.float64)
     if h.maximize:
       g = -g
@@ -102,11 +115,13 @@ def peer_step(hypers: Sequence[PeerHyperparams], leaves: Sequence[Any],
     denom = np.sqrt(v_t / (1.0 - h.b2 ** t)) + h.eps
     step = (1.0 - mu_t) / (1.0 - product) * g + mu_next / (1.0 - product * mu_next) * m_t
     ratio = np.where(denom > 0, step / np.where(denom > 0, denom, 1), 0)
-    # The formulas' own bound on |m_bar / denominator| (`optax_nadam._bounds`), which tx
-    # applies too: it only acts on states the formulas cannot reach from zero moments,
-    # e.g. a float16 v flushed to 0 beside a surviving m.
-    bound = _step_bound(h, t, mu_t, mu_next, product)
-    ratio = np.clip(ratio, -bound, bound)
+    # The formulas' own bound on |m_bar / denominator| (`optax_nadam._bounds`), where tx
+    # applies it (bfloat16 / float16 storage, a small eps): it only acts on states the
+    # formulas cannot reach from zero moments, e.g. a float16 v flushed to 0 beside a
+    # surviving m, or the probes' crafted ones.
+    if _tx_cuts(h, dtypes):
+      bound = _step_bound(h, t, mu_t, mu_next, product)
+      ratio = np.clip(ratio, -bound, bound)
     update = -h.learning_rate * ratio
     if h.weight_decay and h.decoupled_weight_decay:
       update = update - h.learning_rate * h.weight_decay * p

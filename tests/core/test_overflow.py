@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optax_nadam import scale_by_nadam
+from optax_nadam import _bounds, scale_by_nadam
 
 
 def _f32(x):
@@ -129,3 +129,89 @@ def test_every_step_of_every_finite_sequence_is_within_the_bound(dtype, b1, b2, 
     assert np.isfinite(step), (t, step)
     rtol = max(1e-5, float(jnp.finfo(dtype).eps))  # the update is rounded to the dtype
     assert step <= min(bound, 2.0**63) * (1 + rtol), (t, step, bound)
+
+
+# --- where the step cut is compiled in -------------------------------------------
+
+def _needed(dtype="float32", m_dtype=None, b1=0.9, b2=0.999, eps=1e-7, eps_root=0.0):
+  f = lambda x: None if x is None else float(np.float32(x))  # noqa: E731
+  return _bounds.step_cut_needed(jnp.dtype(jnp.float32), jnp.dtype(m_dtype or dtype),
+                                 jnp.dtype(dtype), f(b1), f(b2), f(eps), f(eps_root))
+
+
+def test_the_step_cut_is_compiled_in_exactly_where_the_state_can_leave_the_bound():
+  # float32 state at the defaults, torch's eps and Keras 3's psi: out (the derivation in
+  # `_bounds.step_cut_needed`: flush losses below the unit roundoff relative to eps).
+  assert not _needed() and not _needed(eps=1e-8) and not _needed(eps=0.0, eps_root=1e-12)
+  # Narrower storage (params or mu_dtype), eps below sqrt(3 T) / (1 - b2) / u
+  # (3.2e-8 at b2 = 0.9999), eps = 0, traced hyperparameters: in.
+  assert _needed("bfloat16") and _needed("float16") and _needed(m_dtype="bfloat16")
+  assert _needed(b2=0.9999, eps=1e-8) and not _needed(b2=0.9999, eps=1e-7)
+  assert _needed(eps=0.0) and _needed(eps=None) and _needed(b2=None)
+
+  def ops(tx, dtype):
+    params = [jnp.ones((64,), dtype)]
+    return jax.jit(tx.update).lower(params, tx.init(params)).compile().as_text()
+
+  # The compiled float32 step has no clip of the step; bfloat16 and eps = 0 do.
+  step_clip = lambda text: ("minimum(" in text) and ("maximum(" in text)  # noqa: E731
+  assert not step_clip(ops(scale_by_nadam(), jnp.float32))
+  assert step_clip(ops(scale_by_nadam(), jnp.bfloat16))
+  assert step_clip(ops(scale_by_nadam(eps=0.0), jnp.float32))
+
+
+def _attaining(t_end, b1, b2, psi=0.004):
+  """The gradients that make step `t_end` equal the bound (Cauchy-Schwarz equality)."""
+  mu = [b1 * (1 - 0.5 * 0.96 ** (psi * i)) for i in range(1, t_end + 2)]
+  prod_t = math.prod(mu[:t_end])
+  coef_m = mu[t_end] / (1 - prod_t * mu[t_end])
+  coef_g = (1 - mu[t_end - 1]) / (1 - prod_t)
+  w = [coef_g + coef_m * (1 - b1)] + [coef_m * (1 - b1) * b1**k for k in range(1, t_end)]
+  return [w[t_end - i] / b2 ** (t_end - i) for i in range(1, t_end + 1)]
+
+
+@pytest.mark.slow  # 20 s: one compilation per configuration
+@pytest.mark.parametrize("b1,b2,eps", [(0.9, 0.999, 1e-7), (0.9, 0.999, 1e-8), (0.99, 0.999, 1e-7),
+                                       (0.5, 0.5, 1e-8), (0.0, 0.9, 1e-3), (0.9, 0.9999, 1e-7)])
+def test_without_the_step_cut_float32_steps_stay_within_the_bound_to_rounding(b1, b2, eps):
+  # Configurations whose float32 step has no cut: 64 coordinates, 60 steps, each column
+  # the attaining sequence of one end step (scaled by 1e-30 to 1e18, so that v flushes
+  # to 0 where it can) or a drifting random one of magnitudes 1e-38 to 1e4.
+  assert not _needed(b1=b1, b2=b2, eps=eps)
+  rng = np.random.default_rng(0)
+  t = 60
+  cols = [np.pad(_attaining(end, b1, b2), (0, t - end)) * scale
+          for end in (1, 2, 5, 10, 30, 60) for scale in (1e-30, 1e-20, 1.0, 1e18)]
+  while len(cols) < 64:
+    cols.append(rng.standard_normal(t) * 10.0 ** rng.uniform(-38, 4, t) + rng.uniform(-1, 1))
+  grads = np.clip(np.stack(cols, 1), -3.4e38, 3.4e38)
+  tx = scale_by_nadam(b1=b1, b2=b2, eps=eps)
+  update = jax.jit(tx.update)
+  state = tx.init(jnp.zeros((64,), jnp.float32))
+  worst = 0.0
+  for step, g in enumerate(grads, start=1):
+    u, state = update(jnp.asarray(g, jnp.float32), state)
+    bound = bound64(step, b1, b2) if b1 * b1 < b2 or step < 40 else math.inf
+    u = np.abs(np.asarray(u, np.float64))
+    assert np.all(np.isfinite(u)), step
+    worst = max(worst, float(u.max() / min(bound, 2.0**63)))
+  print(f"\nb1={b1} b2={b2} eps={eps}: largest step / bound {worst:.9f}")
+  # The derivation's rounding term, O(u / (1 - b1^2 / b2)): 1e-5 covers b1 = 0.99.
+  assert worst <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("v_dtype", ["float32", "bfloat16", "float16"])
+def test_cut_square_is_bit_for_bit_the_square_of_the_cut_gradient(v_dtype):
+  # v takes min(g * g, limit^2) (one instruction), m and the update the clipped g: the
+  # two must agree bit for bit or m and v would describe different gradients.
+  limit = _bounds.gradient_limit(jnp.dtype(v_dtype))
+  lim32 = np.float32(limit)
+  edges = [0.0, 1e-45, 1e-20, 1.0, lim32, np.nextafter(lim32, np.float32(0)),
+           np.nextafter(lim32, np.float32(np.inf)), 2.0 * lim32, 1.9e19, 1e30, 3.4e38, np.inf]
+  rng = np.random.default_rng(1)
+  g = np.concatenate([edges, -np.asarray(edges), 10.0 ** rng.uniform(-45, 38.5, 4000)
+                      * rng.choice([-1.0, 1.0], 4000)]).astype(np.float32)
+  g = jnp.asarray(g)
+  cut = _bounds.cut_gradient(g, limit)
+  np.testing.assert_array_equal(np.asarray(_bounds.cut_square(g, limit)), np.asarray(cut * cut))
+  assert np.isnan(np.asarray(_bounds.cut_square(jnp.asarray([np.nan], jnp.float32), limit)))[0]

@@ -110,7 +110,8 @@ def test_peer_step_is_torchs_next_step(kwargs):
                       g["weight_decay"], g["decoupled_weight_decay"], g["maximize"])
   leaves = [(int(s["step"]), float(s["mu_product"]), s["exp_avg"].numpy(),
              s["exp_avg_sq"].numpy()) for s in sd["state"].values()]
-  expected = peer_step([h] * 4, leaves, grads[3], before)
+  float32 = (np.dtype(np.float32),) * 2  # the dtypes tx would store m and v in
+  expected = peer_step([h] * 4, leaves, grads[3], before, [float32] * 4)
   after = run.run(grads[3:])[0]
   for e, b, a in zip(expected, before, after):
     np.testing.assert_allclose(b + e, a, rtol=0, atol=1e-6 * np.max(np.abs(a)))

@@ -19,7 +19,7 @@ import optax
 
 from optax_nadam import _tree
 from optax_nadam.interop._check import RTOL, PeerHyperparams, check_step, matching_tx
-from optax_nadam.interop._nodes import find_nadam_states, read_state
+from optax_nadam.interop._nodes import find_nadam_states, read_state, storage_dtypes
 from optax_nadam.interop._peer_step import peer_step
 from optax_nadam.transform import ScaleByNadamState
 
@@ -143,7 +143,8 @@ def _check_epsilon(tx, state, params, hypers, where) -> None:
   treedef = jax.tree.structure(params)
   updates, _ = tx.update(jax.tree.unflatten(treedef, grads), empty,
                          jax.tree.unflatten(treedef, zeros))
-  expected = peer_step(hypers, leaves, [np.asarray(g, np.float64) for g in grads], zeros)
+  expected = peer_step(hypers, leaves, [np.asarray(g, np.float64) for g in grads], zeros,
+                       storage_dtypes(empty, params))
   for i, (u, e) in enumerate(zip(jax.tree.leaves(updates), expected)):
     scale = max(float(np.max(np.abs(e), initial=0.0)), 1e-30)
     gap = float(np.max(np.abs(np.asarray(u, np.float64) - e), initial=0.0)) / scale
