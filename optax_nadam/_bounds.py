@@ -15,15 +15,17 @@ What keeps a step finite and no longer than the formulas allow when float32
   update), as in every peer.
 - `cut_step`: every step is cut to `step_bound`, the largest step the formulas
   can give at step ``t``. `step_cut_needed` says where it can act beyond
-  rounding, and the update compiles it in only there (it costs 2-5% of a step
-  on a 2-core CPU): the state stored narrower than it is computed (bfloat16
-  or float16 ``m`` or ``v``: their rounding accumulates, 6% past the bound in
-  bfloat16 and unbounded in float16, whose ``v`` flushes to 0 beside a
+  rounding, and the update compiles it in only there (two more operations in
+  the update's pass over each leaf): the state stored narrower than it is
+  computed (bfloat16 or float16 ``m`` or ``v``: their rounding accumulates, up
+  to 6% past the bound in bfloat16 in a development sweep with the cut
+  removed, and without bound in float16, whose ``v`` flushes to 0 beside a
   surviving ``m``), an ``eps`` too small to cover ``v``'s flush to zero, or
   traced hyperparameters. Elsewhere (float32 and float64 state from this
   optimizer's own steps) the derivation in `step_cut_needed` bounds every
   step by the bound times ``1 + O(u / (1 - b1^2 / b2))`` (u the unit
-  roundoff; 1.8e-7 measured over the issue-18 sweep): rounding, not overflow.
+  roundoff; at most 1 + 1.6e-7 measured in tests/core/test_overflow.py):
+  rounding, not overflow.
 """
 
 import math
@@ -181,9 +183,9 @@ def step_cut_needed(compute_dtype, m_dtype, v_dtype, b1, b2, eps, eps_root) -> b
   weighed as in `step_bound`): 1e-6 for b1 = 0.9, 1e-5 for b1 = 0.99, b2 = 0.999.
   That proof needs ``m`` and ``v`` stored as precisely as they are computed:
   bfloat16 or float16 storage (params or ``mu_dtype``) rounds them by 2^-9 or
-  2^-12 per step, which accumulates past the bound (6% in bfloat16 over the
-  issue-18 sweep; float16 ``v`` flushes to 0 below 6e-8 beside a surviving
-  ``m``: unbounded).
+  2^-12 per step, which accumulates past the bound (up to 6% in bfloat16 in a
+  development sweep with the cut removed; float16 ``v`` flushes to 0 below
+  6e-8 beside a surviving ``m``: unbounded).
 
   Args:
     compute_dtype: the dtype the leaf is computed in (float32 or float64).
