@@ -191,8 +191,8 @@ def step_cut_needed(compute_dtype, m_dtype, v_dtype, b1, b2, eps, eps_root) -> b
     compute_dtype: the dtype the leaf is computed in (float32 or float64).
     m_dtype: the dtype ``m`` is stored in.
     v_dtype: the dtype ``v`` is stored in.
-    b1, b2, eps, eps_root: the hyperparameters as Python floats (rounded to
-      the scalar dtype), or None when traced.
+    b1, b2, eps, eps_root: the hyperparameters as Python floats, or None
+      when traced; rounded here to `compute_dtype`, as the leaf uses them.
 
   Returns:
     True where the cut must stay: narrower storage, traced hyperparameters,
@@ -203,6 +203,7 @@ def step_cut_needed(compute_dtype, m_dtype, v_dtype, b1, b2, eps, eps_root) -> b
     return True
   if any(x is None for x in (b1, b2, eps, eps_root)):
     return True
+  b1, b2, eps, eps_root = (float(real.dtype.type(x)) for x in (b1, b2, eps, eps_root))
   tiny, u = float(real.tiny), float(real.eps) / 2
   d = math.sqrt(3.0 * tiny) / (1.0 - b2)
   e = (3.0 * tiny / (1.0 - b1) ** 2 + 2.0 * tiny) / (1.0 - b1)

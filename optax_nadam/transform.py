@@ -322,12 +322,8 @@ def scale_by_nadam(
       _validation.concrete_float(h.eps_root) or 0.0) >= _validation.F32_TINY
 
   def step_cut_needed(compute, m_dtype, v_dtype):
-    # The hyperparameters rounded to the compute dtype, as the leaf uses them.
-    def rounded(x):
-      value = _validation.concrete_float(x)
-      return None if value is None else float(np.dtype(jnp.finfo(compute).dtype).type(value))
-    return _bounds.step_cut_needed(compute, m_dtype, v_dtype, rounded(h.b1), rounded(h.b2),
-                                   rounded(h.eps), rounded(h.eps_root))
+    return _bounds.step_cut_needed(compute, m_dtype, v_dtype, *(
+        _validation.concrete_float(x) for x in (h.b1, h.b2, h.eps, h.eps_root)))
 
   def init_fn(params):
     if mu_dtype is not None:

@@ -84,6 +84,17 @@ def to_numpy(x: Any) -> np.ndarray:
   return x if x.dtype in (np.float16, np.float32, np.float64) else x.astype(np.float32)
 
 
+def _moment_leaves(state: Any, params: Any):
+  """Yields ``(params leaf index, nadam node, leaf path, m, v)`` for every params leaf."""
+  nodes = dict(find_nadam_states(state))
+  index = {p: i for i, p in enumerate(param_paths(params))}
+  for node_path, _ in owners(state, params):
+    node = nodes[node_path]
+    for leaf_path, m, v in zip(param_paths(node.m), jax.tree.leaves(node.m),
+                               jax.tree.leaves(node.v)):
+      yield index[leaf_path], node, leaf_path, m, v
+
+
 def storage_dtypes(state: Any, params: Any) -> List[Tuple[np.dtype, np.dtype]]:
   """Per params leaf, the dtypes ``(m, v)`` are stored in (`read_state`'s order).
 
@@ -97,14 +108,9 @@ def storage_dtypes(state: Any, params: Any) -> List[Tuple[np.dtype, np.dtype]]:
   Returns:
     One ``(m dtype, v dtype)`` pair per ``jax.tree.leaves(params)`` entry.
   """
-  nodes = dict(find_nadam_states(state))
-  index = {p: i for i, p in enumerate(param_paths(params))}
-  out: List[Any] = [None] * len(index)
-  for node_path, _ in owners(state, params):
-    node = nodes[node_path]
-    for leaf_path, m, v in zip(param_paths(node.m), jax.tree.leaves(node.m),
-                               jax.tree.leaves(node.v)):
-      out[index[leaf_path]] = (jnp.dtype(m.dtype), jnp.dtype(v.dtype))
+  out: List[Any] = [None] * len(param_paths(params))
+  for i, _, _, m, v in _moment_leaves(state, params):
+    out[i] = (jnp.dtype(m.dtype), jnp.dtype(v.dtype))
   return out
 
 
@@ -121,19 +127,13 @@ def read_state(state: Any, params: Any) -> List[Tuple[int, np.floating, np.ndarr
   Raises:
     ValueError: a params leaf is complex (the peers' complex rule differs).
   """
-  nodes = dict(find_nadam_states(state))
-  index = {p: i for i, p in enumerate(param_paths(params))}
-  out: List[Any] = [None] * len(index)
-  for node_path, _ in owners(state, params):
-    node = nodes[node_path]
+  out: List[Any] = [None] * len(param_paths(params))
+  for i, node, leaf_path, m, v in _moment_leaves(state, params):
+    if jnp.iscomplexobj(m):
+      raise ValueError(
+          f"params leaf {leaf_path} is complex; the peers' complex rule "
+          "differs from this optimizer's, so its state cannot be exported."
+      )
     # A numpy scalar of the state's dtype (float64 for float64 params): exports keep every bit.
-    count, mu_product = int(node.count), np.asarray(node.mu_product)[()]
-    for leaf_path, m, v in zip(param_paths(node.m), jax.tree.leaves(node.m),
-                               jax.tree.leaves(node.v)):
-      if jnp.iscomplexobj(m):
-        raise ValueError(
-            f"params leaf {leaf_path} is complex; the peers' complex rule "
-            "differs from this optimizer's, so its state cannot be exported."
-        )
-      out[index[leaf_path]] = (count, mu_product, to_numpy(m), to_numpy(v))
+    out[i] = (int(node.count), np.asarray(node.mu_product)[()], to_numpy(m), to_numpy(v))
   return out

@@ -72,10 +72,8 @@ def _step_bound(h: "PeerHyperparams", t: int, mu_t: float, mu_next: float,
 def _tx_cuts(h: "PeerHyperparams", storage: Tuple[Any, Any]) -> bool:
   """Whether tx with hyperparameters `h` cuts the step of a leaf stored as `storage`."""
   m_dtype, v_dtype = (jnp.dtype(d) for d in storage)
-  compute = jnp.promote_types(v_dtype, jnp.float32)
-  rounded = lambda x: float(np.dtype(compute).type(x))  # noqa: E731
-  return _bounds.step_cut_needed(compute, m_dtype, v_dtype, rounded(h.b1), rounded(h.b2),
-                                 rounded(h.eps), 0.0)
+  return _bounds.step_cut_needed(jnp.promote_types(v_dtype, jnp.float32), m_dtype, v_dtype,
+                                 h.b1, h.b2, h.eps, 0.0)
 
 
 def peer_step(hypers: Sequence[PeerHyperparams], leaves: Sequence[Any],
