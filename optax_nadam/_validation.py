@@ -287,6 +287,8 @@ def check_finite_scalar(where: str, value: Any) -> float:
     ValueError: more than one element, NaN or infinite.
   """
   a = np.asarray(value)
+  if jax.dtypes.issubdtype(a.dtype, np.floating) and not np.issubdtype(a.dtype, np.number):
+    a = a.astype(np.float32)  # bfloat16 and numpy's other extension floats (ml_dtypes)
   if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.number):
     raise TypeError(f"{where} has dtype {a.dtype}; expected a number.")
   if a.size != 1:
