@@ -121,6 +121,7 @@ def random_model(keras, draw):
 
   layers = keras.layers
   name = st.text("abcxyz", min_size=1, max_size=5)
+  made = []  # layer names must be unique in a model: a random stem and a serial number
 
   def custom():
     n = draw(st.integers(1, 3))
@@ -144,7 +145,8 @@ def random_model(keras, draw):
     kind = draw(st.sampled_from(["dense", "dense", "custom", "block", "mha", "nested"]
                                 if depth < 2 else ["dense", "custom"]))
     if kind == "dense":
-      return layers.Dense(WIDTH, activation="tanh", name=f"{draw(name)}_{draw(st.integers())}")
+      made.append(draw(name))
+      return layers.Dense(WIDTH, activation="tanh", name=f"{made[-1]}_{len(made)}")
     if kind == "custom":
       return custom()
     if kind == "block":
