@@ -1,14 +1,11 @@
-"""The one timing protocol of the demo and ``benchmarks/``: contestants interleaved, balanced.
+"""The one timing protocol of the demo and ``benchmarks/`` (private): contestants interleaved.
 
-Timing one optimizer's whole run and then the next one's charges whichever runs
-first for the machine warming up (caches, clocks, allocator): measured at ~0.2 s
-of 0.4 s for 599 steps, whichever optimizer was first. Here every contestant
-takes one step (or one sample of a few steps) per round, the order of the
-contestants changes every round so that each is first, second, ... equally
-often and follows each other one equally often (a balanced Latin square), and
-each contestant's times are summarised by quantiles, which a few slow outliers
-do not move. `python -m optax_nadam`, ``benchmarks.run``, ``benchmarks.gpu``
-and ``benchmarks.guard_cost`` all time through `interleaved`.
+Timing one contestant's whole run, then the next one's, charges whichever runs
+first for the machine warming up. Here each contestant takes one sample per
+round, in orders that put each one in every position and after every other one
+equally often (a balanced Latin square), and its times are summarised by
+quantiles. `python -m optax_nadam` and ``benchmarks/`` (``run``, ``gpu``,
+``guard_cost``) all time through `interleaved`.
 """
 
 import dataclasses

@@ -1,11 +1,11 @@
-"""The timing protocol of the demo and the benchmarks: balanced orders, no place charged."""
+"""The timing protocol (`optax_nadam._timing`) of the demo and the benchmarks: balanced orders."""
 
 import itertools
 
 import numpy as np
 import pytest
 
-from optax_nadam._demo import timing
+from optax_nadam import _timing as timing
 
 # Runs at the declared dependency floors too (.ci/run); see pyproject's markers.
 pytestmark = pytest.mark.core
