@@ -54,34 +54,30 @@ class Nadam(optax.GradientTransformationExtraArgs):
     >>> Nadam.keras3(learning_rate=0.01).config.schedule_decay  # Keras 3
     1.0
 
+  Each argument's range, and why, is in docs/reliability.md; a value out of it
+  is refused naming the argument.
+
   Args:
-    learning_rate: a float in [0, 1.8e19], an optax schedule ``step -> lr``,
-      or a Keras schedule config dict (``{"class_name": "ExponentialDecay",
-      "config": {...}}``; ExponentialDecay, InverseTimeDecay,
-      PiecewiseConstantDecay, PolynomialDecay, CosineDecay). Schedules see the
-      real step count.
-    beta_1: momentum coefficient, in [0, 1).
-    beta_2: second-moment decay, in [0, 1).
-    epsilon: added to the denominator, in [0, 3.4e38].
+    learning_rate: a float, an optax schedule ``step -> lr``, or a Keras
+      schedule config dict (``{"class_name": "ExponentialDecay", "config":
+      {...}}``); schedules see the real step count.
+    beta_1, beta_2, epsilon: as in Keras.
     name: a name, kept in the config.
-    schedule_decay: psi of the momentum schedule, in [0, 3.4e38] (0.004:
-      tf-keras legacy, torch; 1.0: Keras 3).
+    schedule_decay: psi of the momentum schedule (0.004: tf-keras legacy,
+      torch; 1.0: Keras 3).
     decay: inverse-time learning-rate decay ``lr / (1 + decay * step)``, as
-      tf-keras documents it (tf-keras legacy itself discards it), in [0, 3.4e38].
+      tf-keras documents it (tf-keras legacy itself discards it).
     clipnorm, clipvalue, global_clipnorm: per-tensor norm, elementwise and
-      global norm clipping, in (0, 1.8e19], (0, 3.4e38], (0, 1.8e19]; None: none.
-    weight_decay: decoupled, ``var -= var * wd * lr``, >= 0 with
-      ``learning_rate * weight_decay <= 2``; None for none.
+      global norm clipping; None for none.
+    weight_decay: decoupled, ``var -= var * wd * lr``; None for none.
     exclude_from_weight_decay: regexes searched in the "/"-joined leaf paths
       (``"dense/bias"``); matching leaves get no weight decay.
-    use_ema: keep an exponential moving average of the params in the state.
-    ema_momentum: the EMA's momentum, in [0, 1].
-    ema_overwrite_frequency: every this many steps params := EMA, an int in
-      [1, 2**31 - 1]; None for never.
+    use_ema, ema_momentum: keep an exponential moving average of the params
+      in the state.
+    ema_overwrite_frequency: every this many steps params := EMA; None: never.
     loss_scale_factor: gradients are divided by it (``minimize`` scales the
-      loss), a normal float32 in [1.2e-38, 3.4e38]; None for none.
-    gradient_accumulation_steps: apply the summed gradients every k calls, an
-      int in [1, 2**31 - 1]; None for none.
+      loss); None for none.
+    gradient_accumulation_steps: apply the summed gradients every k calls.
     lr: deprecated alias of learning_rate (a DeprecationWarning).
 
   Raises:
