@@ -71,7 +71,7 @@ def _accumulate(inner: optax.GradientTransformation, k: int) -> optax.GradientTr
 
   The same state (`optax.MultiStepsState`) and the same arithmetic, but each
   accumulator has its param's dtype, at least float32 (float32 for
-  bfloat16/float16/float32 params as before; float64, complex64 and
+  bfloat16/float16/float32 params; float64, complex64 and
   complex128 params keep their precision and imaginary part), where
   `optax.MultiSteps` takes one ``accumulator_dtype`` for the whole tree.
 
