@@ -257,10 +257,12 @@ def test_keras3_preset_takes_keras3s_arguments_and_defaults():
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(learning_rate=0.02),
-    dict(learning_rate=0.01, beta_1=0.85, epsilon=1e-6, weight_decay=0.05, use_ema=True,
-         ema_overwrite_frequency=7, clipnorm=0.5, gradient_accumulation_steps=2),
-], ids=["learning_rate", "betas+weight_decay+ema+clipnorm+accumulation"])
+    pytest.param(dict(learning_rate=0.02), id="learning_rate"),
+    pytest.param(dict(learning_rate=0.01, beta_1=0.85, epsilon=1e-6, weight_decay=0.05,
+                      use_ema=True, ema_overwrite_frequency=7, clipnorm=0.5,
+                      gradient_accumulation_steps=2),
+                 id="betas+weight_decay+ema+clipnorm+accumulation", marks=pytest.mark.slow),
+])
 def test_keras3_preset_matches_keras3_and_the_default_does_not(kwargs):
   params, grads = _problem()
   peer, peer_opt = run_keras3(params, grads, **kwargs)
