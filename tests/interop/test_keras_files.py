@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import optax_nadam
-from optax_nadam.interop import _formats as keras_files
 from optax_nadam.interop import keras as interop  # params_from_keras, state_from_keras
+from optax_nadam.interop.keras import _read as keras_files
 from tests.helpers import reference as ref
 
 TOL = 1e-5

@@ -10,7 +10,9 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from optax_nadam.interop._state import PeerExtras, to_scalar
+from optax_nadam.interop._state import PeerExtras, PeerSlot, param_paths, to_scalar
+from optax_nadam.interop.keras import _hyper
+from optax_nadam.interop.keras._file_state import build_checked, laid_out
 
 
 def mro_names(obj: Any) -> List[str]:
@@ -150,3 +152,63 @@ def live_weights(source: Any) -> Any:
           "model or a list of its variables.")
     variables = source
   return "source", [var_name(v) for v in variables], [value(v) for v in variables]
+
+
+def live_state(source: Any, tx: Any, params: Any, var_list: Optional[Sequence[Any]],
+               layout: Any, sync_schedules: bool = True, check_schedule: bool = True,
+               check_hyperparams: Optional[bool] = None) -> Any:
+  """`state_from_keras` for a live Keras Nadam (possibly in a LossScaleOptimizer)."""
+  optimizer = unwrap(source)
+  kind = keras_kind(optimizer)
+  paths = param_paths(params)
+  n = len(paths)
+  if var_list is not None and len(var_list) != n:
+    raise ValueError(f"var_list has {len(var_list)} variables but params has {n} leaves.")
+  count = int(to_scalar(value(optimizer.iterations), "optimizer.iterations"))
+  if count < 0:
+    raise ValueError(f"optimizer.iterations is {count}; a step count is >= 0.")
+  config = optimizer.get_config()
+  real = count
+  if kind == "legacy":
+    b1, psi = float(config["beta_1"]), float(config["decay"])  # legacy stores psi as decay
+    cache = getattr(optimizer, "_m_cache", None)
+    built = cache is not None
+    mu_product = to_scalar(value(cache), "optimizer momentum_cache") if built else 1.0
+    pairs = legacy_slot_vars(optimizer, n, var_list) if built else None
+    extras = PeerExtras()
+  else:
+    b1, psi = float(optimizer.beta_1), 1.0
+    built = getattr(optimizer, "_u_product", None) is not None
+    mu_product = to_scalar(value(optimizer._u_product), "optimizer u_product") if built else 1.0
+    if built and count > 0 and float(mu_product) == 1.0:
+      raise ValueError(
+          f"The Keras Nadam{' inside the LossScaleOptimizer' if optimizer is not source else ''}"
+          f" has taken {count} steps but its u-product is still 1.0: it never advanced (a "
+          "LossScaleOptimizer under the JAX backend does not carry it through the train "
+          "step), so its steps are not Nadam's and cannot be continued. params_from_keras "
+          "reads the weights.")
+    pairs = v3_slot_vars(optimizer, n, var_list) if built else None
+    extras = v3_extras(optimizer, n, var_list, count) if built else PeerExtras()
+    k = int(config.get("gradient_accumulation_steps") or 0)
+    # The peer's next Nadam step is on the cycle's last call: its schedule sees that call.
+    real = count * k + k - 1 if k else count
+  hyper = _hyper.hyperparams(kind, config, real, "the Keras optimizer")
+  slots = []
+  for i in range(n):
+    if pairs is None:
+      slots.append(PeerSlot(f"Keras variable {i}", None, None, None, None, b1, psi))
+      continue
+    m, v = pairs[i]
+    name = var_name(var_list[i]) if var_list is not None else var_name(m)
+    where = f"Keras variable {i} ({name})"
+    slots.append(PeerSlot(where, count, mu_product, laid_out(layout, paths[i], value(m), where),
+                          laid_out(layout, paths[i], value(v), where), b1, psi))
+  if not built and count:
+    raise ValueError(f"optimizer.iterations is {count} but the optimizer has no slots.")
+  if layout is not None and (extras.ema is not None or extras.accumulators is not None):
+    each = lambda xs: None if xs is None else [  # noqa: E731
+        laid_out(layout, p, x, s.where) for p, x, s in zip(paths, xs, slots)]
+    extras = extras._replace(accumulators=each(extras.accumulators), ema=each(extras.ema))
+  return build_checked(tx, params, slots, extras, hyper, config, "the Keras optimizer",
+                       sync_schedules=sync_schedules, check_schedule=check_schedule,
+                       check_hyperparams=check_hyperparams)

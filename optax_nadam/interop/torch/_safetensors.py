@@ -18,8 +18,8 @@ from typing import Any, Dict, NamedTuple, Tuple
 
 import numpy as np
 
-from optax_nadam.interop._formats import _safe
-from optax_nadam.interop._formats._types import FileFormatError
+from optax_nadam.interop import _files
+from optax_nadam.interop._files import FileFormatError
 
 # The specification caps the header at 100 MB; real headers are kilobytes.
 MAX_HEADER = 100 * 2**20
@@ -34,20 +34,6 @@ class Entry(NamedTuple):
   shape: Tuple[int, ...]
   begin: int  # byte offsets in the file (absolute)
   end: int
-
-
-def regular_file(path: str, what: str) -> int:
-  """The size of `path`, a regular file (not a FIFO, device, directory or symlink loop).
-
-  Checked on an open descriptor by `_safe.open_regular`, which never blocks on a FIFO.
-  """
-  try:
-    with _safe.open_regular(path) as f:
-      return os.fstat(f.fileno()).st_size
-  except FileNotFoundError:
-    raise FileNotFoundError(f"{what} {path!r} does not exist.") from None
-  except IsADirectoryError:
-    raise IsADirectoryError(f"{what} {path!r} is a directory; expected a file.") from None
 
 
 def _entry(path: str, name: str, spec: Any, data_start: int, size: int) -> Entry:
@@ -87,7 +73,7 @@ class SafetensorsFile:
 
   def __init__(self, path: Any):
     self.path = os.fspath(path)
-    size = regular_file(self.path, "safetensors file")
+    size = _files.regular_file(self.path, "safetensors file")
     with open(self.path, "rb") as f:
       head = f.read(8)
       if len(head) < 8:

@@ -2,10 +2,10 @@
 
 `resume_from_keras` (one call: params, tx, state), `state_from_keras`,
 `params_from_keras`, `optimizer_config_from_keras`, and `state_to_keras`
-(written in `optax_nadam.interop._keras.export`).
+(written in `optax_nadam.interop.keras._export`).
 
 Sources are live optimizers / models, or files read as plain data by
-`optax_nadam.interop._formats` (``.keras``, tf-keras ``.h5``, TF checkpoints).
+`optax_nadam.interop.keras._read` (``.keras``, tf-keras ``.h5``, TF checkpoints).
 """
 
 import os
@@ -13,34 +13,10 @@ from typing import Any, Optional, Sequence, Tuple
 
 import optax
 
-from optax_nadam.interop import _formats
-from optax_nadam.interop._formats import _config, _safe
-from optax_nadam.interop._keras import hyper as keras_hyper
-from optax_nadam.interop._keras import resume, weights
-from optax_nadam.interop._keras.export import state_to_keras
-from optax_nadam.interop._keras.file_state import (
-  Layout,
-  build_checked,
-  file_state,
-  laid_out,
-  not_nadam,
-)
-from optax_nadam.interop._keras.live import (
-  keras_kind,
-  legacy_slot_vars,
-  live_weights,
-  unwrap,
-  v3_extras,
-  v3_slot_vars,
-  value,
-  var_name,
-)
-from optax_nadam.interop._state import (
-  PeerExtras,
-  PeerSlot,
-  param_paths,
-  to_scalar,
-)
+from optax_nadam.interop import _files
+from optax_nadam.interop.keras import _config, _live, _read, _resume, _weights
+from optax_nadam.interop.keras._export import state_to_keras
+from optax_nadam.interop.keras._file_state import Layout, file_state, not_nadam
 
 __all__ = ["optimizer_config_from_keras", "params_from_keras", "resume_from_keras",
            "state_from_keras", "state_to_keras"]
@@ -106,8 +82,8 @@ def resume_from_keras(
       (the message names the file, the variable and the params leaf).
   """
   if _is_path(source):
-    return resume.resume_file(source, like, layout, config)
-  return resume.resume_live(source, like, layout, config)
+    return _resume.resume_file(source, like, layout, config)
+  return _resume.resume_live(source, like, layout, config)
 
 
 def state_from_keras(
@@ -131,7 +107,7 @@ def state_from_keras(
   with a legacy Nadam (``model.save('x.h5')``), or a TF checkpoint of a
   tf-keras model and legacy Nadam (a prefix, a directory with a
   ``checkpoint`` file, or a SavedModel directory). Files are read as data
-  (`optax_nadam.interop._formats`): the model's code, custom layers
+  (`optax_nadam.interop.keras._read`): the model's code, custom layers
   included, is never needed or run.
 
   Variables are matched to ``jax.tree.leaves(params)`` one to one: for a live
@@ -195,61 +171,9 @@ def state_from_keras(
   if _is_path(source):
     if var_list is not None:
       raise TypeError("var_list matches live variables; a file's variables come in its order.")
-    return file_state(_formats.read(source, _safe.Budget.like(params)), tx, params, layout,
+    return file_state(_read.read(source, _files.Budget.like(params)), tx, params, layout,
                       **kwargs)
-  optimizer = unwrap(source)
-  kind = keras_kind(optimizer)
-  paths = param_paths(params)
-  n = len(paths)
-  if var_list is not None and len(var_list) != n:
-    raise ValueError(f"var_list has {len(var_list)} variables but params has {n} leaves.")
-  count = int(to_scalar(value(optimizer.iterations), "optimizer.iterations"))
-  if count < 0:
-    raise ValueError(f"optimizer.iterations is {count}; a step count is >= 0.")
-  config = optimizer.get_config()
-  real = count
-  if kind == "legacy":
-    b1, psi = float(config["beta_1"]), float(config["decay"])  # legacy stores psi as decay
-    cache = getattr(optimizer, "_m_cache", None)
-    built = cache is not None
-    mu_product = to_scalar(value(cache), "optimizer momentum_cache") if built else 1.0
-    pairs = legacy_slot_vars(optimizer, n, var_list) if built else None
-    extras = PeerExtras()
-  else:
-    b1, psi = float(optimizer.beta_1), 1.0
-    built = getattr(optimizer, "_u_product", None) is not None
-    mu_product = to_scalar(value(optimizer._u_product), "optimizer u_product") if built else 1.0
-    if built and count > 0 and float(mu_product) == 1.0:
-      raise ValueError(
-          f"The Keras Nadam{' inside the LossScaleOptimizer' if optimizer is not source else ''}"
-          f" has taken {count} steps but its u-product is still 1.0: it never advanced (a "
-          "LossScaleOptimizer under the JAX backend does not carry it through the train "
-          "step), so its steps are not Nadam's and cannot be continued. params_from_keras "
-          "reads the weights.")
-    pairs = v3_slot_vars(optimizer, n, var_list) if built else None
-    extras = v3_extras(optimizer, n, var_list, count) if built else PeerExtras()
-    k = int(config.get("gradient_accumulation_steps") or 0)
-    # The peer's next Nadam step is on the cycle's last call: its schedule sees that call.
-    real = count * k + k - 1 if k else count
-  hyper = keras_hyper.hyperparams(kind, config, real, "the Keras optimizer")
-  slots = []
-  for i in range(n):
-    if pairs is None:
-      slots.append(PeerSlot(f"Keras variable {i}", None, None, None, None, b1, psi))
-      continue
-    m, v = pairs[i]
-    name = var_name(var_list[i]) if var_list is not None else var_name(m)
-    where = f"Keras variable {i} ({name})"
-    slots.append(PeerSlot(where, count, mu_product, laid_out(layout, paths[i], value(m), where),
-                          laid_out(layout, paths[i], value(v), where), b1, psi))
-  if not built and count:
-    raise ValueError(f"optimizer.iterations is {count} but the optimizer has no slots.")
-  if layout is not None and (extras.ema is not None or extras.accumulators is not None):
-    each = lambda xs: None if xs is None else [  # noqa: E731
-        laid_out(layout, p, x, s.where) for p, x, s in zip(paths, xs, slots)]
-    extras = extras._replace(accumulators=each(extras.accumulators), ema=each(extras.ema))
-  return build_checked(tx, params, slots, extras, hyper, config, "the Keras optimizer",
-                       **kwargs)
+  return _live.live_state(source, tx, params, var_list, layout, **kwargs)
 
 
 def params_from_keras(source: Any, like: optax.Params, *,
@@ -282,9 +206,9 @@ def params_from_keras(source: Any, like: optax.Params, *,
       file, the variable and the params leaf path.
   """
   if _is_path(source):
-    kf = _formats.read(source, _safe.Budget.like(like))  # no array larger than like's
-    return weights.place(kf.path, kf.names, kf.weights, like, layout)
-  return weights.place(*live_weights(source), like, layout)
+    kf = _read.read(source, _files.Budget.like(like))  # no array larger than like's
+    return _weights.place(kf.path, kf.names, kf.weights, like, layout)
+  return _weights.place(*_live.live_weights(source), like, layout)
 
 
 def optimizer_config_from_keras(source: Any) -> dict:
@@ -308,7 +232,7 @@ def optimizer_config_from_keras(source: Any) -> dict:
   """
   if not _is_path(source):
     return dict(source.get_config())
-  kf = _formats.read(source)
+  kf = _read.read(source)
   if kf.optimizer is None:
     raise not_nadam(kf)
   _config.check_keras_optimizer(kf.optimizer, kf.path)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_nadam import _tree
-from optax_nadam.interop._keras.file_state import Layout, laid_out
+from optax_nadam.interop.keras._file_state import Layout, laid_out
 
 
 def place(source: str, names: Sequence[str], arrays: Sequence[np.ndarray], like: Any,

@@ -7,11 +7,11 @@ from typing import Any, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from optax_nadam.interop._formats._safe.limits import (
+from optax_nadam.interop._files.errors import FileFormatError
+from optax_nadam.interop._files.limits import (
   COPIES,
   SCALAR_SLACK_BYTES,
 )
-from optax_nadam.interop._formats._types import FileFormatError
 
 
 class Budget:

@@ -2,15 +2,10 @@
 
 from typing import Any, Dict
 
-from optax_nadam.interop._formats import _config, _safe
-from optax_nadam.interop._formats._types import (
-  FileFormatError,
-  KerasFile,
-  array,
-  damaged,
-  h5py_module,
-  text,
-)
+from optax_nadam.interop import _files
+from optax_nadam.interop._files import FileFormatError, array, damaged, h5py_module, text
+from optax_nadam.interop.keras import _config
+from optax_nadam.interop.keras._kerasfile import KerasFile
 
 LOSS_SCALE = "LossScaleOptimizer"
 
@@ -30,8 +25,8 @@ def read(path: str) -> KerasFile:
   """
   h5py = h5py_module()
   try:
-    with _safe.open_regular(path) as f, h5py.File(f, "r") as h5:
-      _safe.vet_h5(h5, path)
+    with _files.open_regular(path) as f, h5py.File(f, "r") as h5:
+      _files.vet_h5(h5, path)
       return _legacy_from_h5(path, h5)
   except (OSError, RuntimeError, ValueError) as e:  # what h5py / HDF5 raise on damage
     if isinstance(e, (FileFormatError, FileNotFoundError, IsADirectoryError)):
@@ -58,7 +53,7 @@ def _legacy_from_h5(path: str, h5: Any) -> KerasFile:
             "which slot is whose is not proven. Give the layers unique names, or pass the "
             "live model: resume_from_keras(model, like).")
       weights[text(w)] = g[text(w)]  # a dataset handle: read (budgeted) only if returned
-  training = _safe.load_json(text(h5.attrs["training_config"]), f"{path}: training_config") \
+  training = _files.load_json(text(h5.attrs["training_config"]), f"{path}: training_config") \
       if "training_config" in h5.attrs else {}
   _config.check_training_config(training, path)
   opt = training.get("optimizer_config") or {}

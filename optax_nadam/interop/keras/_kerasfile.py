@@ -1,8 +1,4 @@
-"""Shared types and helpers of the file readers: `KerasFile`, `FileFormatError`, h5py access.
-
-Every reader of `optax_nadam.interop._formats` imports from here, and nothing
-here imports a reader, so the package has no import circle.
-"""
+"""`KerasFile`: what a Keras / TF file holds, in our terms (one type for every reader)."""
 
 from typing import Any, Dict, List, NamedTuple, Optional
 
@@ -30,32 +26,3 @@ class KerasFile(NamedTuple):
   ema: Optional[List[np.ndarray]] = None
   wrapper: Optional[str] = None  # "LossScaleOptimizer" when the Nadam is wrapped in one
   unusable: Optional[str] = None  # why the Nadam state cannot be continued (weights still can)
-
-
-class FileFormatError(ValueError):
-  """A file that is not (or no longer) one of the formats `read` knows."""
-
-
-def h5py_module():
-  import h5py  # a dependency of keras and tensorflow; imported only to read files
-
-  return h5py
-
-
-def array(ds: Any) -> np.ndarray:
-  """A dataset's values, vetted and within the read's budget (`_safe.read_dataset`)."""
-  from optax_nadam.interop._formats import _safe  # _safe imports this module
-
-  return _safe.read_dataset(ds)
-
-
-def damaged(path: str, what: str, err: Exception) -> FileFormatError:
-  return FileFormatError(f"{path} looks like {what} but cannot be read ({type(err).__name__}: "
-                         f"{err}); is it truncated or damaged?")
-
-
-
-def text(x: Any) -> str:
-  return x.decode("utf8") if isinstance(x, bytes) else str(x)
-
-

@@ -5,14 +5,14 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import optax
 
-from optax_nadam.interop._keras.live import (
+from optax_nadam.interop._state import param_paths, read_state
+from optax_nadam.interop.keras._live import (
   keras_kind,
   legacy_slot_vars,
   v3_slot_vars,
   value,
   var_name,
 )
-from optax_nadam.interop._state import param_paths, read_state
 
 
 def state_to_keras(

@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from optax_nadam.interop._formats._types import FileFormatError
-from optax_nadam.interop._formats.safetensors import regular_file
+from optax_nadam.interop import _files
+from optax_nadam.interop._files import FileFormatError
 
 MAX_METADATA = 256 * 2**20
 _MD = "torch.distributed.checkpoint.metadata"
@@ -59,7 +59,7 @@ def is_dcp(path: str) -> bool:
 
 def _metadata(path: str) -> Any:
   name = os.path.join(path, ".metadata")
-  size = regular_file(name, "DCP metadata")
+  size = _files.regular_file(name, "DCP metadata")
   if size > MAX_METADATA:
     raise FileFormatError(f"DCP metadata {name!r} is {size} bytes; refusing (over "
                           f"{MAX_METADATA}).")
@@ -89,7 +89,7 @@ def _read_span(path: str, info: Any, key: str) -> Any:
     raise FileFormatError(f"DCP checkpoint {path!r}: item {key!r} is stored in {rel!r}, not a "
                           "plain data file of the directory.")
   name = os.path.join(path, rel)
-  size = regular_file(name, "DCP data file")
+  size = _files.regular_file(name, "DCP data file")
   offset, length = info.offset, info.length
   if not (isinstance(offset, int) and isinstance(length, int) and 0 <= offset
           and 0 <= length and offset + length <= size):

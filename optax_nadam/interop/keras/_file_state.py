@@ -1,6 +1,6 @@
 """A Keras / TF file's Nadam state as our optimizer state (private to `from_keras`).
 
-`file_state` turns a `_formats.KerasFile` into `PeerSlot`s (moments in the
+`file_state` turns a `_read.KerasFile` into `PeerSlot`s (moments in the
 params' layout), `PeerExtras` (Keras 3 accumulation, EMA) and the peer's
 hyperparameters, and hands them to `build_state`; `not_nadam` says why a file
 holds no Nadam state.
@@ -11,10 +11,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import optax
 
-from optax_nadam.interop import _formats
-from optax_nadam.interop._keras import hyper as keras_hyper
-from optax_nadam.interop._keras import verify
 from optax_nadam.interop._state import PeerExtras, PeerSlot, build_state, param_paths
+from optax_nadam.interop.keras import _hyper, _read, _verify
 
 Layout = Callable[[str, np.ndarray], Any]
 
@@ -29,7 +27,7 @@ def laid_out(layout: Optional[Layout], leaf: str, x: np.ndarray, where: str) -> 
     raise ValueError(f"{where}: layout({leaf!r}, array of shape {x.shape}) failed: {e}") from e
 
 
-def not_nadam(kf: _formats.KerasFile) -> ValueError:
+def not_nadam(kf: _read.KerasFile) -> ValueError:
   if kf.optimizer is None:
     return ValueError(
         f"{kf.path} holds no optimizer state (saved without the optimizer, or never "
@@ -49,7 +47,7 @@ def build_checked(tx, params, slots, extras, hyper, config, where: str, *, sync_
   """`build_state`, then tx checked against the peer's config (`verify`).
 
   The Keras front is compared key by key with the peer's config; another tx
-  is probed (`verify.check`, accumulation-aware).
+  is probed (`_verify.check`, accumulation-aware).
   """
   state = build_state(tx, params, slots, extras=extras, sync_schedules=sync_schedules,
                       check_schedule=check_schedule, check_hyperparams=False)
@@ -57,18 +55,18 @@ def build_checked(tx, params, slots, extras, hyper, config, where: str, *, sync_
     check_hyperparams = check_schedule
   if not check_hyperparams:
     return state
-  if verify.keras_front(tx):
-    verify.compare_configs(tx, config, where, complete)
+  if _verify.keras_front(tx):
+    _verify.compare_configs(tx, config, where, complete)
     return state
   paths = param_paths(params)
   wheres = [f"{s.where} (params leaf {p})" for s, p in zip(slots, paths)]
   k = int(config.get("gradient_accumulation_steps") or 0) or 1
-  verify.check(tx, state, params, verify.hypers_for(hyper, len(paths)), wheres, k)
+  _verify.check(tx, state, params, _verify.hypers_for(hyper, len(paths)), wheres, k)
   return state
 
 
 def file_state(kf, tx, params, layout, **kwargs) -> optax.OptState:
-  """`state_from_keras` for a file read by `_formats.read`: slots, extras, hyperparameters."""
+  """`state_from_keras` for a file read by `_read.read`: slots, extras, hyperparameters."""
   if kf.optimizer != "Nadam":  # another optimizer, even one saved before its first step
     raise not_nadam(kf)
   fresh = kf.m is None and kf.count == 0  # a Nadam saved before its first step: no slots
@@ -86,7 +84,7 @@ def file_state(kf, tx, params, layout, **kwargs) -> optax.OptState:
   # The peer's next Nadam step is on the cycle's last call: its schedule sees that call.
   real = kf.count * k + k - 1
   complete = "epsilon" in kf.config
-  hyper = keras_hyper.hyperparams(kf.kind, kf.config, real, kf.path, complete=complete)
+  hyper = _hyper.hyperparams(kf.kind, kf.config, real, kf.path, complete=complete)
   slots = []
   for i, leaf in enumerate(paths):
     where = f"{kf.path}: Keras variable {i} ({kf.names[i] if i < len(kf.names) else '?'})"

@@ -1,7 +1,7 @@
 """A torch model's weights (and BatchNorm statistics) placed into a params tree.
 
 `read_params` pairs the model state dict's entries with the leaves of `like`
-(`optax_nadam.interop._torch_pairing.match_model`), reads only the entries
+(`optax_nadam.interop._pairing.match_model`), reads only the entries
 that fill a leaf, applies the layout, and validates each (shape, dtype,
 finite values). `trainable` splits off what the optimizer trains: not
 ``batch_stats`` (Linen) nor `nnx.BatchStat` variables.
@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_nadam.interop import _torch_pairing as pairing
-from optax_nadam.interop._formats.torch_sources import Checkpoint
+from optax_nadam.interop import _pairing as pairing
+from optax_nadam.interop.torch._sources import Checkpoint
 
 
 def _value(x: Any) -> Any:

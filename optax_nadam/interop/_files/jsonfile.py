@@ -4,8 +4,8 @@ from typing import Any
 
 import numpy as np
 
-from optax_nadam.interop._formats._safe.limits import MAX_JSON_BYTES, MAX_JSON_DEPTH
-from optax_nadam.interop._formats._types import FileFormatError
+from optax_nadam.interop._files.errors import FileFormatError
+from optax_nadam.interop._files.limits import MAX_JSON_BYTES, MAX_JSON_DEPTH
 
 
 def json_depth(data: bytes, stop: int = MAX_JSON_DEPTH) -> int:

@@ -8,13 +8,13 @@ import tempfile
 import zipfile
 from typing import Any, BinaryIO, Iterator, List, Tuple
 
-from optax_nadam.interop._formats._safe.limits import (
+from optax_nadam.interop._files.errors import FileFormatError
+from optax_nadam.interop._files.limits import (
   BOMB_FLOOR_BYTES,
   BOMB_RATIO,
   MAX_MEMBERS,
   MIB,
 )
-from optax_nadam.interop._formats._types import FileFormatError
 
 
 def _local_header(f: BinaryIO, info: zipfile.ZipInfo) -> Tuple[int, int, int]:

@@ -31,8 +31,8 @@ recorded, so its state is refused (`unusable`); its weights read as usual.
 import re
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from optax_nadam.interop._formats import _config
-from optax_nadam.interop._formats._types import FileFormatError, array
+from optax_nadam.interop._files import FileFormatError, array
+from optax_nadam.interop.keras import _config
 
 LOSS_SCALE = "LossScaleOptimizer"
 

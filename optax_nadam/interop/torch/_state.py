@@ -2,7 +2,7 @@
 
 `read_optimizer` reads every parameter of every param group (with the names
 torch wrote into the group, if any); `pair_optimizer` finds the params leaf of
-each under the pairing rule (`optax_nadam.interop._torch_pairing`);
+each under the pairing rule (`optax_nadam.interop._pairing`);
 `group_tx` builds the optax transformation that takes torch's step.
 """
 
@@ -13,13 +13,13 @@ import optax
 
 from optax_nadam import _tree
 from optax_nadam.alias import nadam, nadamw
-from optax_nadam.interop import _torch_pairing as pairing
+from optax_nadam.interop import _pairing as pairing
 from optax_nadam.interop._arrays import to_scalar
-from optax_nadam.interop._formats import torch_files
-from optax_nadam.interop._formats.torch_sources import Checkpoint
 from optax_nadam.interop._nodes import param_paths
 from optax_nadam.interop._peer_step import PeerHyperparams
 from optax_nadam.interop._state import PeerSlot
+from optax_nadam.interop.torch import _load
+from optax_nadam.interop.torch._sources import Checkpoint
 
 _TORCH_STATE_KEYS = ("step", "mu_product", "exp_avg", "exp_avg_sq")
 
@@ -34,7 +34,7 @@ class TorchParam(NamedTuple):
 
 
 def _scalar(x: Any, where: str) -> float:
-  return to_scalar(torch_files.to_numpy(x, where), where)
+  return to_scalar(_load.to_numpy(x, where), where)
 
 
 def group_hyperparams(group: Mapping, name: str) -> PeerHyperparams:
@@ -75,8 +75,8 @@ def _slot(entry: Any, where: str, h: PeerHyperparams) -> PeerSlot:
   mu_product = _scalar(entry["mu_product"], f"{where} mu_product")
   _tree.check_mu_product(mu_product, f"{where}: mu_product")
   return PeerSlot(where, int(step), mu_product,
-                  torch_files.to_numpy(entry["exp_avg"], f"{where} exp_avg"),
-                  torch_files.to_numpy(entry["exp_avg_sq"], f"{where} exp_avg_sq"), h.b1, h.psi)
+                  _load.to_numpy(entry["exp_avg"], f"{where} exp_avg"),
+                  _load.to_numpy(entry["exp_avg_sq"], f"{where} exp_avg_sq"), h.b1, h.psi)
 
 
 def _names(groups: Sequence[Mapping], param_names: Any) -> List[Optional[List[str]]]:

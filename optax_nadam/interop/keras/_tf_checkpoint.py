@@ -31,8 +31,9 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from optax_nadam.interop._formats import _safe
-from optax_nadam.interop._formats._types import FileFormatError, KerasFile
+from optax_nadam.interop import _files
+from optax_nadam.interop._files import FileFormatError
+from optax_nadam.interop.keras._kerasfile import KerasFile
 
 _GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _HYPER = ("learning_rate", "beta_1", "beta_2", "decay", "epsilon")
@@ -50,14 +51,14 @@ def _prefix(path: str) -> str:
     return path[:-len(".index")]
   if os.path.isdir(path):
     saved_model = os.path.join(path, "variables", "variables")
-    if _safe.stat_path(saved_model + ".index") is not None:
+    if _files.stat_path(saved_model + ".index") is not None:
       return saved_model
     state = os.path.join(path, "checkpoint")
-    if _safe.stat_path(state) is None:
+    if _files.stat_path(state) is None:
       raise IsADirectoryError(
           f"{path} is a directory but not a TF checkpoint (no 'checkpoint' file) or a "
           "SavedModel (no variables/variables.index); pass a checkpoint prefix.")
-    text = _safe.read_small(state, 1 << 16, "a TF 'checkpoint' file").decode("utf8", "replace")
+    text = _files.read_small(state, 1 << 16, "a TF 'checkpoint' file").decode("utf8", "replace")
     found = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text, re.M)
     if found is None:
       raise FileFormatError(f"{state} names no model_checkpoint_path.")
@@ -73,7 +74,7 @@ def _prefix(path: str) -> str:
 def _vet_files(path: str, prefix: str) -> int:
   """Checks the index and data shards are regular files; their total size (no TensorFlow)."""
   index = prefix + ".index"
-  with _safe.open_regular(index) as f:
+  with _files.open_regular(index) as f:
     size = os.fstat(f.fileno()).st_size
     f.seek(max(size - 8, 0))
     if size < 48 or f.read(8) != _TABLE_MAGIC:
@@ -81,7 +82,7 @@ def _vet_files(path: str, prefix: str) -> int:
                             "truncated or damaged?")
   total = size
   for shard in glob.glob(glob.escape(prefix) + ".data-*"):
-    with _safe.open_regular(shard) as f:
+    with _files.open_regular(shard) as f:
       total += os.fstat(f.fileno()).st_size
   return total
 
@@ -93,13 +94,13 @@ def _dtype(tf_dtype: Any) -> np.dtype:
     return np.dtype(np.float64)  # bfloat16 and other types numpy lacks: 8 bytes at most
 
 
-def read(path: str, budget: Optional[_safe.Budget] = None) -> KerasFile:
+def read(path: str, budget: Optional[_files.Budget] = None) -> KerasFile:
   """Reads a TF checkpoint of a tf-keras model and legacy Nadam (module docstring).
 
   Args:
     path: a checkpoint prefix, its ``.index`` file, a directory with a
       ``checkpoint`` file, or a SavedModel directory.
-    budget: what may be read (`_safe.Budget`); None: at most the files' size.
+    budget: what may be read (`_files.Budget`); None: at most the files' size.
 
   Returns:
     A `KerasFile` of kind ``"legacy"``.
@@ -112,14 +113,14 @@ def read(path: str, budget: Optional[_safe.Budget] = None) -> KerasFile:
       directory, a variable larger than `budget` allows.
   """
   prefix = _prefix(path)
-  if _safe.stat_path(prefix + ".index") is None:
+  if _files.stat_path(prefix + ".index") is None:
     raise FileNotFoundError(f"{path}: no TF checkpoint (no {prefix}.index).")
   size = _vet_files(path, prefix)
-  with _safe.reading(budget or _safe.Budget.of_file(size), path) as limit:
+  with _files.reading(budget or _files.Budget.of_file(size), path) as limit:
     return _read(path, prefix, limit)
 
 
-def _read(path: str, prefix: str, budget: _safe.Budget) -> KerasFile:
+def _read(path: str, prefix: str, budget: _files.Budget) -> KerasFile:
   import tensorflow as tf
   from tensorflow.core.protobuf import trackable_object_graph_pb2
 

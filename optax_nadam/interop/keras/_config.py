@@ -9,7 +9,7 @@ int; expected an object``) instead of a reader failing on it later.
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from optax_nadam.interop._formats._types import FileFormatError
+from optax_nadam.interop._files import FileFormatError
 
 # The optimizer classes Keras 3 and tf-keras write (``keras.optimizers.*``).
 KERAS_OPTIMIZERS = frozenset({

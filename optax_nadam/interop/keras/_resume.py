@@ -11,10 +11,10 @@ from typing import Any, Dict, Optional, Tuple
 
 import optax
 
-from optax_nadam.interop import _formats
-from optax_nadam.interop._formats import _safe
-from optax_nadam.interop._keras import verify, weights
-from optax_nadam.interop._keras.file_state import Layout, file_state, not_nadam
+from optax_nadam.interop import _files
+from optax_nadam.interop.keras import _read, _verify, _weights
+from optax_nadam.interop.keras._file_state import Layout, file_state, not_nadam
+from optax_nadam.interop.keras._live import live_state, live_weights, unwrap
 
 # What a TF checkpoint does not store, and a caller's config must state.
 _CHECKPOINT_NEEDS = ("epsilon",)
@@ -44,7 +44,7 @@ def tx_from_config(config: Dict[str, Any], where: str,
   merged = dict(config)
   if extra:
     for key, value in extra.items():
-      if key in config and key != "name" and not verify._same(config[key], value):
+      if key in config and key != "name" and not _verify._same(config[key], value):
         raise ValueError(f"{where}: config[{key!r}] is {value!r} but the file has "
                          f"{config[key]!r}; give only what the file does not store.")
       merged.setdefault(key, value)
@@ -68,13 +68,13 @@ def tx_from_config(config: Dict[str, Any], where: str,
 def resume_file(path: Any, like: Any, layout: Optional[Layout],
                 config: Optional[Dict[str, Any]]) -> Tuple[Any, Any, optax.OptState]:
   """`resume_from_keras` for a file: read once, then params, tx and state."""
-  kf = _formats.read(path, _safe.Budget.like(like))  # no array larger than like's
+  kf = _read.read(path, _files.Budget.like(like))  # no array larger than like's
   if kf.optimizer != "Nadam" or (kf.m is None and kf.count != 0):
     raise not_nadam(kf)
   where = f"{kf.path}{f' ({kf.wrapper})' if kf.wrapper else ''}"
   complete = "epsilon" in kf.config
   tx = tx_from_config(kf.config, where, config, complete)
-  params = weights.place(kf.path, kf.names, kf.weights, like, layout)
+  params = _weights.place(kf.path, kf.names, kf.weights, like, layout)
   # tx is built from the file's config: nothing to compare, no step to probe.
   state = file_state(kf, tx, params, layout, sync_schedules=True, check_schedule=True,
                      check_hyperparams=False)
@@ -84,9 +84,6 @@ def resume_file(path: Any, like: Any, layout: Optional[Layout],
 def resume_live(model: Any, like: Any, layout: Optional[Layout],
                 config: Optional[Dict[str, Any]]) -> Tuple[Any, Any, optax.OptState]:
   """`resume_from_keras` for a live Keras model: variables paired by identity."""
-  from optax_nadam.interop._keras.live import live_weights, unwrap
-  from optax_nadam.interop.keras import state_from_keras
-
   optimizer = getattr(model, "optimizer", None)
   if optimizer is None or not hasattr(model, "trainable_variables"):
     raise TypeError(
@@ -95,7 +92,6 @@ def resume_live(model: Any, like: Any, layout: Optional[Layout],
   tx = tx_from_config(dict(unwrap(optimizer).get_config()), "the Keras model's optimizer",
                       config)
   variables = list(model.trainable_variables)
-  params = weights.place(*live_weights(variables), like, layout)
-  state = state_from_keras(optimizer, tx, params, var_list=variables, layout=layout,
-                           check_hyperparams=False)
+  params = _weights.place(*live_weights(variables), like, layout)
+  state = live_state(optimizer, tx, params, variables, layout, check_hyperparams=False)
   return params, tx, state

@@ -13,14 +13,10 @@ Nothing is imported by name: custom layer classes need not exist here.
 import zipfile
 from typing import Any, Dict, List
 
-from optax_nadam.interop._formats import _config, _safe, keras3_layers, keras3_optimizer
-from optax_nadam.interop._formats._types import (
-  FileFormatError,
-  KerasFile,
-  array,
-  damaged,
-  h5py_module,
-)
+from optax_nadam.interop import _files
+from optax_nadam.interop._files import FileFormatError, array, damaged, h5py_module
+from optax_nadam.interop.keras import _config, _keras3_layers, _keras3_optimizer
+from optax_nadam.interop.keras._kerasfile import KerasFile
 
 
 def read(path: str) -> KerasFile:
@@ -33,22 +29,22 @@ def read(path: str) -> KerasFile:
   """
   h5py = h5py_module()
   try:
-    with _safe.open_regular(path) as f, _safe.open_zip(f, path) as zf:
+    with _files.open_regular(path) as f, _files.open_zip(f, path) as zf:
       names = zf.namelist()
       if "config.json" not in names or "model.weights.h5" not in names:
         raise FileFormatError(
             f"{path} is a zip but not a Keras 3 archive with its weights inside (it holds "
             f"{names[:6]}; a .keras file has config.json and model.weights.h5).")
-      config = _safe.load_json(_safe.read_member(zf, "config.json", _safe.MAX_JSON_BYTES, path),
+      config = _files.load_json(_files.read_member(zf, "config.json", _files.MAX_JSON_BYTES, path),
                                f"{path}: config.json")
       _config.check_model_config(config, f"{path}: config.json")
-      meta = _safe.load_json(
-          _safe.read_member(zf, "metadata.json", _safe.MAX_JSON_BYTES, path),
+      meta = _files.load_json(
+          _files.read_member(zf, "metadata.json", _files.MAX_JSON_BYTES, path),
           f"{path}: metadata.json") if "metadata.json" in names else {}
       where = f"{path}: model.weights.h5"
-      with _safe.member_file(zf, f, "model.weights.h5", path) as blob, \
-          h5py.File(blob, "r") as h5, _safe.reading(None, where):
-        _safe.vet_h5(h5, where)
+      with _files.member_file(zf, f, "model.weights.h5", path) as blob, \
+          h5py.File(blob, "r") as h5, _files.reading(None, where):
+        _files.vet_h5(h5, where)
         return _keras3_from_h5(path, config, meta if isinstance(meta, dict) else {}, h5)
   except (zipfile.BadZipFile, EOFError, OSError, ValueError, RuntimeError) as e:
     if isinstance(e, (FileFormatError, FileNotFoundError, IsADirectoryError)):
@@ -60,16 +56,16 @@ def _keras3_from_h5(path: str, config: Dict[str, Any], meta: Dict[str, Any],
                     h5: Any) -> KerasFile:
   units: List[Any] = []
   loose: List[str] = []
-  keras3_layers.walk(h5, "", config, units, loose)
-  spec = keras3_optimizer.spec(path, config)
-  opt_vars, wrapper = keras3_optimizer.variables(h5, spec.wrapper)
+  _keras3_layers.walk(h5, "", config, units, loose)
+  spec = _keras3_optimizer.spec(path, config)
+  opt_vars, wrapper = _keras3_optimizer.variables(h5, spec.wrapper)
   spec = spec._replace(wrapper=wrapper)
   opt_name, opt_cfg = spec.name, spec.config
   lr_var = not isinstance(opt_cfg.get("learning_rate"), dict)
   unbuilt = len(opt_vars) == 1 + lr_var  # compiled, saved before the first step: no slots
   if not opt_vars or unbuilt or opt_name is None or opt_name.lower() != "nadam":
     if loose:  # no slots' shapes to prove an order with
-      raise keras3_layers.unordered(path, loose)
+      raise _keras3_layers.unordered(path, loose)
     # Without a Nadam's slots to line up with, the config says which variables are
     # trainable; another optimizer's state is refused by the caller, by name.
     picked = []
@@ -85,15 +81,15 @@ def _keras3_from_h5(path: str, config: Dict[str, Any], meta: Dict[str, Any],
     return KerasFile(path, "v3", name, opt_cfg, [p for p, _ in picked],
                      [array(d) for _, d in picked], count=0 if unbuilt else None,
                      wrapper=spec.wrapper)
-  version = keras3_optimizer.version(meta)
-  slots = keras3_optimizer.nadam_slots(path, opt_vars, opt_cfg, version)
+  version = _keras3_optimizer.version(meta)
+  slots = _keras3_optimizer.nadam_slots(path, opt_vars, opt_cfg, version)
   shapes = [tuple(m.shape) for m in slots.m]
   if loose:
-    picked = keras3_layers.line_up_any_order(units, shapes)
+    picked = _keras3_layers.line_up_any_order(units, shapes)
     if picked is None:
-      raise keras3_layers.unordered(path, loose)
+      raise _keras3_layers.unordered(path, loose)
   else:
-    picked = keras3_layers.line_up(units, shapes, path)
+    picked = _keras3_layers.line_up(units, shapes, path)
   k = int(opt_cfg.get("gradient_accumulation_steps") or 0)
   count = slots.real_steps // k if k else slots.real_steps
   return KerasFile(
@@ -101,4 +97,4 @@ def _keras3_from_h5(path: str, config: Dict[str, Any], meta: Dict[str, Any],
       count=count, mu_product=slots.u_product, m=slots.m, v=slots.v,
       mini_step=slots.real_steps % k if k else 0, accumulators=slots.accumulators,
       ema=slots.ema, wrapper=spec.wrapper,
-      unusable=keras3_optimizer.unusable(path, slots, opt_cfg, spec.wrapper, version))
+      unusable=_keras3_optimizer.unusable(path, slots, opt_cfg, spec.wrapper, version))

@@ -14,9 +14,9 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from optax_nadam.interop import _files
 from optax_nadam.interop._arrays import to_array
-from optax_nadam.interop._formats import _safe
-from optax_nadam.interop._formats._types import FileFormatError
+from optax_nadam.interop._files import FileFormatError
 
 MODEL_KEYS = ("model", "model_state_dict", "state_dict")
 OPTIMIZER_KEYS = ("optimizer", "optim", "optimizer_state_dict")
@@ -75,7 +75,7 @@ def load(path: Any) -> Any:
     FileNotFoundError: no such file (naming it).
     IsADirectoryError: a directory.
     ValueError: not a regular file (a FIFO, device or symlink loop:
-      FileFormatError, `_safe.open_regular`), not a torch file, truncated, or
+      FileFormatError, `_files.open_regular`), not a torch file, truncated, or
       refused by ``weights_only`` because it holds other Python objects outside
       a Lightning ``hyper_parameters`` entry (naming what its pickle calls).
   """
@@ -83,13 +83,13 @@ def load(path: Any) -> Any:
 
   name = os.fspath(path)
   try:
-    f = _safe.open_regular(name)  # refuses a FIFO, device or symlink loop without blocking
+    f = _files.open_regular(name)  # refuses a FIFO, device or symlink loop without blocking
   except FileNotFoundError:
     raise FileNotFoundError(f"torch checkpoint {name!r} does not exist.") from None
   with f:
     try:
       if f.read(4) == b"PK\x03\x04":  # a torch.save zip: every member's sizes checked first
-        _safe.open_zip(f, repr(name)).close()
+        _files.open_zip(f, repr(name)).close()
       f.seek(0)
       return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, KeyError)
@@ -101,7 +101,7 @@ def load(path: Any) -> Any:
             f"{name!r} is not a readable torch.save file (another format, or truncated): "
             f"{type(e).__name__}: {reason.splitlines()[0] if reason else ''}"
         ) from None
-      calls = _safe.pickle_globals(f)
+      calls = _files.pickle_globals(f)
   held, found = _with_inert_hyper_parameters(name)  # a Lightning ckpt's Path / Namespace
   if held is not None:
     return held

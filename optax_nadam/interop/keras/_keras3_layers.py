@@ -25,7 +25,7 @@ optimizer's slot shapes, and refuses when more than one way fits.
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from optax_nadam.interop._formats._types import FileFormatError
+from optax_nadam.interop._files import FileFormatError
 
 # A unit: (path, number of trainable variables if known, [(name, dataset)]).
 Unit = Tuple[str, Optional[int], List[Tuple[str, Any]]]

@@ -4,8 +4,8 @@
 built from the checkpoint's own hyperparameters and its filled state;
 `params_from_torch` and `state_from_torch` do one part each (the latter for a
 tx of your own, checked against torch's hyperparameters by probing its step).
-Sources and layouts: `optax_nadam.interop._formats.torch_sources`; which
-weight and which optimizer slot fill which leaf: `optax_nadam.interop._torch_pairing`
+Sources and layouts: `optax_nadam.interop.torch._sources`; which
+weight and which optimizer slot fill which leaf: `optax_nadam.interop._pairing`
 (proven by names, torch's order or shapes, or refused). See `optax_nadam.interop`.
 """
 
@@ -15,19 +15,20 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 import optax
 
-from optax_nadam.interop import _torch_params, _torch_state
 from optax_nadam.interop import layout as _layout
-from optax_nadam.interop._formats import torch_files
-from optax_nadam.interop._formats.torch_sources import open_checkpoint
 from optax_nadam.interop._nodes import param_paths, read_state
 from optax_nadam.interop._state import build_state
+from optax_nadam.interop.torch import _load
+from optax_nadam.interop.torch import _params as _torch_params
+from optax_nadam.interop.torch import _state as _torch_state
+from optax_nadam.interop.torch._sources import open_checkpoint
 
 Key = Union[None, str, int]
 
 
 def _opened(source: Any, key: Key, want_model: bool = True, want_optimizer: bool = True):
   ck = open_checkpoint(source, key, want_model=want_model, want_optimizer=want_optimizer)
-  prefix = f"{ck.optimizer_where}: " if torch_files.is_path(source) else ""
+  prefix = f"{ck.optimizer_where}: " if _load.is_path(source) else ""
   return ck, prefix
 
 

@@ -5,9 +5,15 @@ from typing import Any
 
 import numpy as np
 
-from optax_nadam.interop._formats._safe.budget import _few, current
-from optax_nadam.interop._formats._safe.limits import BUILTIN_FILTERS, MAX_H5_DEPTH, MAX_H5_OBJECTS
-from optax_nadam.interop._formats._types import FileFormatError, h5py_module
+from optax_nadam.interop._files.budget import _few, current
+from optax_nadam.interop._files.errors import FileFormatError
+from optax_nadam.interop._files.limits import BUILTIN_FILTERS, MAX_H5_DEPTH, MAX_H5_OBJECTS
+
+
+def h5py_module():
+  import h5py  # a dependency of keras and tensorflow; imported only to read files
+
+  return h5py
 
 
 def _link_error(where: str, name: str, link: Any) -> FileFormatError:
@@ -95,3 +101,6 @@ def read_dataset(ds: Any) -> np.ndarray:
     return np.asarray(ds[()])  # a fresh array (a numpy scalar for shape ())
   except OSError as e:
     raise FileFormatError(f"{name} cannot be read ({e}); is the file damaged?") from None
+
+
+array = read_dataset  # a dataset's values, vetted and within the read's budget

@@ -13,7 +13,7 @@ memory) in the stored order, whether that order is ``model.state_dict()``'s
 * a Hugging Face Trainer-style folder: ``model.safetensors``,
   ``pytorch_model.bin``, or either sharded with its ``*.index.json``, plus
   ``optimizer.pt``;
-* a torch distributed checkpoint (DCP) directory (`optax_nadam.interop._formats.dcp`).
+* a torch distributed checkpoint (DCP) directory (`optax_nadam.interop.torch._dcp`).
 """
 
 import json
@@ -22,9 +22,10 @@ from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple, Un
 
 import numpy as np
 
-from optax_nadam.interop._formats import dcp, torch_files
-from optax_nadam.interop._formats._types import FileFormatError
-from optax_nadam.interop._formats.safetensors import SafetensorsFile, regular_file
+from optax_nadam.interop import _files
+from optax_nadam.interop._files import FileFormatError
+from optax_nadam.interop.torch import _dcp, _load
+from optax_nadam.interop.torch._safetensors import SafetensorsFile
 
 MAX_INDEX = 64 * 2**20
 _HF_MODELS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -53,9 +54,9 @@ def _tensor_entries(sd: Mapping, where: str) -> Dict[str, Entry]:
   out = {}
   for name, t in sd.items():
     tie = None
-    if torch_files.is_tensor(t):
+    if _load.is_tensor(t):
       tie = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
-    out[name] = Entry(tuple(np.shape(t)), lambda t=t, n=name: torch_files.to_numpy(
+    out[name] = Entry(tuple(np.shape(t)), lambda t=t, n=name: _load.to_numpy(
         t, f"{where}[{n!r}]"), tie)
   return out
 
@@ -73,7 +74,7 @@ def _safetensors_entries(paths) -> Dict[str, Entry]:
 
 def _index(path: str) -> Dict[str, str]:
   """A sharded model's ``weight_map`` (name -> shard file in the same folder)."""
-  size = regular_file(path, "index file")
+  size = _files.regular_file(path, "index file")
   if size > MAX_INDEX:
     raise FileFormatError(f"index file {path!r} is {size} bytes; refusing (over {MAX_INDEX}).")
   try:
@@ -101,7 +102,7 @@ def _hf_folder(path: str) -> Checkpoint:
     if name == "model.safetensors":
       model = _safetensors_entries([full])
     elif name == "pytorch_model.bin":
-      model = _tensor_entries(torch_files.model_dict(torch_files.load(full), None, model_where)[0],
+      model = _tensor_entries(_load.model_dict(_load.load(full), None, model_where)[0],
                               model_where)
       ordered = True
     else:
@@ -111,14 +112,14 @@ def _hf_folder(path: str) -> Checkpoint:
       else:
         model = {}
         for s in shards:
-          sd = torch_files.model_dict(torch_files.load(os.path.join(path, s)), None,
+          sd = _load.model_dict(_load.load(os.path.join(path, s)), None,
                                       f"{where}: {s}")[0]
           model.update(_tensor_entries(sd, f"{where}: {s}"))
   optimizer, opt_where = None, where
   if os.path.exists(os.path.join(path, "optimizer.pt")):
     opt_where = f"{where}: optimizer.pt"
-    optimizer = torch_files.optimizer_dict(
-        torch_files.load(os.path.join(path, "optimizer.pt")), None, opt_where)[0]
+    optimizer = _load.optimizer_dict(
+        _load.load(os.path.join(path, "optimizer.pt")), None, opt_where)[0]
   if model is None and optimizer is None:
     raise FileFormatError(
         f"{where} is not a checkpoint this reader knows: no .metadata (torch distributed "
@@ -139,8 +140,8 @@ def _optimizer_in(obj: Mapping, key: Union[None, str, int], where: str):
     k = 0 if key is None else key
     if not 0 <= k < len(states):
       raise ValueError(f"{where}['optimizer_states'] has no optimizer {k}.")
-    return torch_files.optimizer_dict(states[k], None, f"{where}['optimizer_states'][{k}]")
-  return torch_files.optimizer_dict(obj, key, where)
+    return _load.optimizer_dict(states[k], None, f"{where}['optimizer_states'][{k}]")
+  return _load.optimizer_dict(obj, key, where)
 
 
 def _from_object(obj: Any, where: str, key, want_model: bool, want_optimizer: bool,
@@ -149,7 +150,7 @@ def _from_object(obj: Any, where: str, key, want_model: bool, want_optimizer: bo
   opt_where = where
   if want_model:
     try:
-      sd, model_where = torch_files.model_dict(obj, None if want_optimizer else key, where)
+      sd, model_where = _load.model_dict(obj, None if want_optimizer else key, where)
       model = _tensor_entries(sd, model_where)
     except ValueError:
       if not want_optimizer:
@@ -185,7 +186,7 @@ def open_checkpoint(source: Any, key: Union[None, str, int] = None, *, want_mode
                       "torch.optim.NAdam (its momentum schedule and mu_product).")
     return Checkpoint(None, "the torch optimizer", False, source.state_dict(),
                       "the torch optimizer")
-  if not torch_files.is_path(source):
+  if not _load.is_path(source):
     if not isinstance(source, Mapping):
       raise TypeError(
           "source must be a torch.optim.NAdam or nn.Module, a state dict, a checkpoint dict "
@@ -193,8 +194,8 @@ def open_checkpoint(source: Any, key: Union[None, str, int] = None, *, want_mode
     return _from_object(source, "the torch state dict", key, want_model, want_optimizer)
   path = os.fspath(source)
   if os.path.isdir(path):
-    if dcp.is_dcp(path):
-      return _from_object(dcp.read(path), f"torch distributed checkpoint {path!r}", key,
+    if _dcp.is_dcp(path):
+      return _from_object(_dcp.read(path), f"torch distributed checkpoint {path!r}", key,
                           want_model, want_optimizer)
     ck = _hf_folder(path)
     if want_optimizer and ck.optimizer is None:
@@ -203,5 +204,5 @@ def open_checkpoint(source: Any, key: Union[None, str, int] = None, *, want_mode
   if path.endswith(".safetensors"):
     return Checkpoint(_safetensors_entries([path]), f"safetensors file {path!r}", False,
                       None, path)
-  return _from_object(torch_files.load(path), f"torch checkpoint {path!r}", key, want_model,
+  return _from_object(_load.load(path), f"torch checkpoint {path!r}", key, want_model,
                       want_optimizer)

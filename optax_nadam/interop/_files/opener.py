@@ -5,8 +5,8 @@ import os
 import stat
 from typing import BinaryIO, Optional
 
-from optax_nadam.interop._formats._safe.limits import KINDS
-from optax_nadam.interop._formats._types import FileFormatError
+from optax_nadam.interop._files.errors import FileFormatError
+from optax_nadam.interop._files.limits import KINDS
 
 
 def _os_error(path: str, e: OSError) -> Exception:
@@ -72,3 +72,15 @@ def read_small(path: str, limit: int, what: str) -> bytes:
   return data
 
 
+def regular_file(path: str, what: str) -> int:
+  """The size of `path`, a regular file (not a FIFO, device, directory or symlink loop).
+
+  Checked on an open descriptor by `open_regular`, which never blocks on a FIFO.
+  """
+  try:
+    with open_regular(path) as f:
+      return os.fstat(f.fileno()).st_size
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{what} {path!r} does not exist.") from None
+  except IsADirectoryError:
+    raise IsADirectoryError(f"{what} {path!r} is a directory; expected a file.") from None
