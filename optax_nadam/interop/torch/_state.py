@@ -15,8 +15,8 @@ from optax_nadam import _tree
 from optax_nadam.alias import nadam, nadamw
 from optax_nadam.interop import _pairing as pairing
 from optax_nadam.interop._arrays import to_scalar
+from optax_nadam.interop._check import PeerHyperparams
 from optax_nadam.interop._nodes import param_paths
-from optax_nadam.interop._peer_step import PeerHyperparams
 from optax_nadam.interop._state import PeerSlot
 from optax_nadam.interop.torch import _load
 from optax_nadam.interop.torch._sources import Checkpoint
