@@ -74,6 +74,32 @@ def peer_tx(h: PeerHyperparams, mu_dtype: Any = None) -> optax.GradientTransform
   return optax.chain(*stages, core) if stages else core
 
 
+class PeerTx(optax.GradientTransformationExtraArgs):
+  """An optax transformation built from a peer's stated hyperparameters, which it prints.
+
+  A plain `optax.GradientTransformationExtraArgs` (init, update) otherwise: it
+  works in `optax.chain`, under `jax.jit` and in `nnx.Optimizer`. `hyperparams`
+  is a dict, or one dict per parameter group.
+  """
+
+  def __repr__(self) -> str:
+    stated = getattr(self, "hyperparams", None)
+    if isinstance(stated, dict):
+      return f"PeerTx({listing(stated)})"
+    if isinstance(stated, tuple):
+      return "PeerTx(" + "; ".join(f"group {k}: {listing(h)}" for k, h in enumerate(stated)) + ")"
+    return super().__repr__()
+
+
+def printable(tx: optax.GradientTransformation, hypers: Sequence[PeerHyperparams]) -> PeerTx:
+  """`tx` as a `PeerTx` stating `hypers` (one per distinct parameter group)."""
+  tx = optax.with_extra_args_support(tx)
+  out = PeerTx(tx.init, tx.update)
+  stated = [describe(h) for h in hypers]
+  out.hyperparams = stated[0] if len(stated) == 1 else tuple(stated)
+  return out
+
+
 def describe(h: PeerHyperparams) -> Dict[str, Any]:
   """The hyperparameters of `h` under the names tx's printout uses."""
   out = dict(learning_rate=h.learning_rate, b1=h.b1, b2=h.b2, eps=h.eps, momentum_decay=h.psi,

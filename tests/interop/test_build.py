@@ -67,5 +67,5 @@ def test_hyperparams_are_checked_when_given_and_follow_check_schedule():
 
 def test_from_keras_names_stay_importable():
   for name in ("PeerExtras", "PeerSlot", "build_state", "param_paths", "read_state", "to_scalar",
-               "to_array", "find_nadam_states", "PeerHyperparams"):
+               "to_numpy", "PeerHyperparams"):
     assert hasattr(build, name), name

@@ -17,7 +17,7 @@ import torch
 import optax_nadam
 from optax_nadam import interop
 from optax_nadam.interop import _check as hyper
-from optax_nadam.interop._check import PeerHyperparams, peer_tx
+from optax_nadam.interop._check import PeerHyperparams, peer_tx, printable
 from optax_nadam.interop._nodes import read_state
 from tests.helpers.reference import continue_optax, gap
 from tests.helpers.torch_runs import LR, TOL, TorchRun, problem, saved
@@ -172,3 +172,27 @@ def test_two_differences_are_refused_listing_the_peers_values(tmp_path):
   with pytest.raises(ValueError, match=r"The peer's hyperparameters: learning_rate=0\.1, "
                      r".*maximize=True; tx does not state its hyperparameters"):
     interop.state_from_torch(path, _nadam(), mid)
+
+
+def test_a_resumed_tx_prints_its_hyperparameters_and_is_an_optax_tx(tmp_path):
+  from flax import nnx
+
+  def checkpoint(run, sd):
+    return {"model": {f"p{i}": p.detach().clone() for i, p in enumerate(run.ps)},
+            "optimizer": sd}
+
+  path, _, mid, _ = saved(tmp_path, lr=0.05, weight_decay=0.1, checkpoint=checkpoint)
+  params, tx, state = interop.resume_from_torch(path, mid)
+  assert repr(tx).startswith("PeerTx(learning_rate=0.05, b1=0.9, b2=0.999, eps=1e-08, ")
+  assert "weight_decay=0.1, decoupled_weight_decay=False, maximize=False)" in repr(tx)
+  jax.jit(tx.update)(params, state, params)
+  chained = optax.chain(optax.identity(), tx)
+  chained.update(params, chained.init(params), params)
+  model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  nnx.Optimizer(model, tx, wrt=nnx.Param).update(model, nnx.state(model, nnx.Param))
+  # A tx that states its hyperparameters has them listed beside the peer's when refused.
+  h = PeerHyperparams(0.01, 0.9, 0.999, 1e-8, 0.004, weight_decay=0.1)
+  tx = printable(peer_tx(h), [h])
+  with pytest.raises(ValueError, match=r"tx has learning_rate=0\.01, .*\(differing: "
+                     r"learning_rate\)"):
+    interop.state_from_torch(path, tx, mid)

@@ -18,7 +18,7 @@ import optax
 
 from optax_nadam import _tree
 from optax_nadam.interop._check import PeerHyperparams, check_step
-from optax_nadam.interop._nodes import find_nadam_states
+from optax_nadam.transform import ScaleByNadamState
 
 # Keras stores hyperparameters as float32 (0.01 -> 0.009999999776482582).
 _CONFIG_RTOL = 1e-6
@@ -107,10 +107,10 @@ def check(tx: Any, state: Any, params: Any, hypers: Sequence[PeerHyperparams],
         f"gradient_accumulation_steps={k}) or optax.MultiSteps(tx, {k}).")
   if has_multi:
     state = _last_call_of_cycle(state, k)
-  before = [int(n.count) for _, n in find_nadam_states(state)]
+  before = [int(n.count) for _, n in _tree.find_nodes(state, ScaleByNadamState)]
   zeros = jax.tree.map(jnp.zeros_like, params)
   _, after = tx.update(zeros, state, params)
-  if [int(n.count) for _, n in find_nadam_states(after)] == before:
+  if [int(n.count) for _, n in _tree.find_nodes(after, ScaleByNadamState)] == before:
     raise ValueError(
         f"{where[0]}: the peer applies a Nadam step every {k} update call(s), and tx does "
         "not step on the call where the peer does (it accumulates gradients over more "

@@ -9,13 +9,12 @@ scheduler, scaler) are ignored.
 """
 
 import os
-import sys
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from optax_nadam.interop import _files
-from optax_nadam.interop._arrays import to_array
+from optax_nadam.interop._arrays import is_tensor
 from optax_nadam.interop._files import FileFormatError
 
 MODEL_KEYS = ("model", "model_state_dict", "state_dict")
@@ -25,41 +24,6 @@ OPTIMIZER_KEYS = ("optimizer", "optim", "optimizer_state_dict")
 def is_path(x: Any) -> bool:
   """True for a str or os.PathLike (a file to read), False for an object."""
   return isinstance(x, (str, os.PathLike))
-
-
-def is_tensor(x: Any) -> bool:
-  """True for a `torch.Tensor` (without importing torch when it is not loaded)."""
-  torch = sys.modules.get("torch")
-  return torch is not None and isinstance(x, torch.Tensor)
-
-
-def to_numpy(x: Any, where: str) -> np.ndarray:
-  """A private numpy copy of a tensor, array or number (bfloat16 becomes float32).
-
-  Args:
-    x: a `torch.Tensor` (any device), numpy array or Python number.
-    where: how to name the value in an error message.
-
-  Returns:
-    A numpy array sharing no memory with `x`.
-
-  Raises:
-    TypeError: not a tensor, array or number.
-    ValueError: a complex tensor (torch's NAdam treats its parts separately).
-  """
-  if not is_tensor(x):
-    return to_array(x, where)
-  import torch
-
-  t = x.detach().to("cpu")
-  if t.is_complex():
-    raise ValueError(
-        f"{where} is complex; torch NAdam treats real and imaginary parts as "
-        "separate coordinates, which is not this optimizer's complex rule."
-    )
-  if t.dtype == torch.bfloat16:  # numpy has no bfloat16
-    t = t.to(torch.float32)
-  return np.array(t.numpy(), copy=True)  # .numpy() shares memory with the tensor
 
 
 def load(path: Any) -> Any:

@@ -27,7 +27,7 @@ _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8"
            "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
 
 
-class Entry(NamedTuple):
+class _Span(NamedTuple):
   """One tensor of a safetensors file, as its header declares it."""
 
   dtype: str  # the format's name, e.g. "F32"
@@ -36,7 +36,7 @@ class Entry(NamedTuple):
   end: int
 
 
-def _entry(path: str, name: str, spec: Any, data_start: int, size: int) -> Entry:
+def _entry(path: str, name: str, spec: Any, data_start: int, size: int) -> _Span:
   where = f"safetensors file {path!r}, tensor {name!r}"
   if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
     raise FileFormatError(f"{where}: its header entry is {str(spec)[:80]}; expected keys "
@@ -56,7 +56,7 @@ def _entry(path: str, name: str, spec: Any, data_start: int, size: int) -> Entry
     raise FileFormatError(
         f"{where}: data_offsets {offsets} do not hold {nbytes} bytes (shape {shape}, {dtype}) "
         f"inside the file ({size} bytes, data from byte {data_start}); truncated or damaged.")
-  return Entry(dtype, tuple(shape), data_start + begin, data_start + end)
+  return _Span(dtype, tuple(shape), data_start + begin, data_start + end)
 
 
 class SafetensorsFile:
@@ -92,7 +92,7 @@ class SafetensorsFile:
     if not isinstance(header, dict):
       raise FileFormatError(f"safetensors file {self.path!r}: its header is not a JSON object.")
     header.pop("__metadata__", None)
-    self.entries: Dict[str, Entry] = {
+    self.entries: Dict[str, _Span] = {
         name: _entry(self.path, name, spec, 8 + n, size) for name, spec in header.items()}
     spans = sorted((e.begin, e.end, k) for k, e in self.entries.items() if e.end > e.begin)
     for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple, Un
 import numpy as np
 
 from optax_nadam.interop import _files
+from optax_nadam.interop._arrays import is_tensor, to_numpy
 from optax_nadam.interop._files import FileFormatError
 from optax_nadam.interop.torch import _dcp, _load
 from optax_nadam.interop.torch._safetensors import SafetensorsFile
@@ -54,9 +55,9 @@ def _tensor_entries(sd: Mapping, where: str) -> Dict[str, Entry]:
   out = {}
   for name, t in sd.items():
     tie = None
-    if _load.is_tensor(t):
+    if is_tensor(t):
       tie = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
-    out[name] = Entry(tuple(np.shape(t)), lambda t=t, n=name: _load.to_numpy(
+    out[name] = Entry(tuple(np.shape(t)), lambda t=t, n=name: to_numpy(
         t, f"{where}[{n!r}]"), tie)
   return out
 

@@ -3,7 +3,7 @@
 `read_optimizer` reads every parameter of every param group (with the names
 torch wrote into the group, if any); `pair_optimizer` finds the params leaf of
 each under the pairing rule (`optax_nadam.interop._pairing`);
-`group_tx` builds the optax transformation that takes torch's step.
+`torch_tx` builds the optax transformation that takes torch's step (`_check.peer_tx`).
 """
 
 from typing import Any, List, Mapping, NamedTuple, Optional, Sequence
@@ -12,13 +12,11 @@ import numpy as np
 import optax
 
 from optax_nadam import _tree
-from optax_nadam.alias import nadam, nadamw
 from optax_nadam.interop import _pairing as pairing
-from optax_nadam.interop._arrays import to_scalar
-from optax_nadam.interop._check import PeerHyperparams
+from optax_nadam.interop._arrays import to_numpy, to_scalar
+from optax_nadam.interop._check import PeerHyperparams, peer_tx, printable
 from optax_nadam.interop._nodes import param_paths
 from optax_nadam.interop._state import PeerSlot
-from optax_nadam.interop.torch import _load
 from optax_nadam.interop.torch._sources import Checkpoint
 
 _TORCH_STATE_KEYS = ("step", "mu_product", "exp_avg", "exp_avg_sq")
@@ -34,7 +32,7 @@ class TorchParam(NamedTuple):
 
 
 def _scalar(x: Any, where: str) -> float:
-  return to_scalar(_load.to_numpy(x, where), where)
+  return to_scalar(to_numpy(x, where), where)
 
 
 def group_hyperparams(group: Mapping, name: str) -> PeerHyperparams:
@@ -75,8 +73,8 @@ def _slot(entry: Any, where: str, h: PeerHyperparams) -> PeerSlot:
   mu_product = _scalar(entry["mu_product"], f"{where} mu_product")
   _tree.check_mu_product(mu_product, f"{where}: mu_product")
   return PeerSlot(where, int(step), mu_product,
-                  _load.to_numpy(entry["exp_avg"], f"{where} exp_avg"),
-                  _load.to_numpy(entry["exp_avg_sq"], f"{where} exp_avg_sq"), h.b1, h.psi)
+                  to_numpy(entry["exp_avg"], f"{where} exp_avg"),
+                  to_numpy(entry["exp_avg_sq"], f"{where} exp_avg_sq"), h.b1, h.psi)
 
 
 def _names(groups: Sequence[Mapping], param_names: Any) -> List[Optional[List[str]]]:
@@ -277,28 +275,14 @@ def entry_leaf(ck: Checkpoint, params: Any, layout: Any) -> Optional[List[Option
     return None  # the optimizer is paired without the model's order (names or shapes)
 
 
-def group_tx(h: PeerHyperparams) -> optax.GradientTransformation:
-  """The optax tx whose step is torch's NAdam step with hyperparameters `h`."""
-  kw = dict(b1=h.b1, b2=h.b2, eps=h.eps, momentum_decay=h.psi)
-  if h.weight_decay and h.decoupled_weight_decay:
-    core = nadamw(h.learning_rate, weight_decay=h.weight_decay, **kw)
-  else:
-    core = nadam(h.learning_rate, **kw)
-  stages = []
-  if h.maximize:
-    stages.append(optax.scale(-1.0))
-  if h.weight_decay and not h.decoupled_weight_decay:
-    stages.append(optax.add_decayed_weights(h.weight_decay))
-  return optax.chain(*stages, core) if stages else core
-
-
 def torch_tx(hypers: Sequence[PeerHyperparams], like: Any) -> optax.GradientTransformation:
   """One tx for all leaves (``hypers[i]`` for leaf i): `optax.multi_transform` if they differ."""
   distinct = list(dict.fromkeys(hypers))
   if len(distinct) == 1:
-    return group_tx(distinct[0])
+    return printable(peer_tx(distinct[0]), distinct)
   labels = [f"group{distinct.index(h)}" for h in hypers]
   import jax
 
-  return optax.multi_transform({f"group{k}": group_tx(h) for k, h in enumerate(distinct)},
-                               jax.tree.unflatten(jax.tree.structure(like), labels))
+  tx = optax.multi_transform({f"group{k}": peer_tx(h) for k, h in enumerate(distinct)},
+                             jax.tree.unflatten(jax.tree.structure(like), labels))
+  return printable(tx, distinct)
