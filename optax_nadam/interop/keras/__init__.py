@@ -143,7 +143,7 @@ def state_from_keras(
       optimizer's (beta_1 and psi) with one probe update on zeros.
     check_hyperparams: verify tx against the optimizer's config: an
       `optax_nadam.keras.Nadam` key by key; any other tx by probing its next
-      step (`optax_nadam.interop._check.check_step`, plus an epsilon probe),
+      step (`optax_nadam.interop._check.check_step`),
       on a state set to the last call of the peer's accumulation cycle:
       learning rate (or its schedule at that call), beta_2, epsilon, weight
       decay (Keras 3: decoupled), clipping (``clipnorm`` per variable,

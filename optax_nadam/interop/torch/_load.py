@@ -58,7 +58,7 @@ def load(path: Any) -> Any:
       return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, KeyError)
       reason = str(e)
-      if isinstance(e, FileFormatError):  # refused by _safe before torch read a byte
+      if isinstance(e, FileFormatError):  # refused by _files before torch read a byte
         raise
       if "Weights only load failed" not in reason:
         raise ValueError(
