@@ -9,7 +9,7 @@ optax.apply_updates)``, params and state donated), torch ``NAdam(foreach=True)``
 and ``Adam(fused=True)`` on ``cuda``, and the streaming bound (one donated
 elementwise pass over a params-sized buffer, scaled by 7/2 to the 7 buffers an
 Adam-family step moves). Rounds are interleaved in the balanced orders of
-`optax_nadam._demo.timing` (the demo's protocol); a sample is the mean of
+`optax_nadam._timing` (the protocol the demo uses too); a sample is the mean of
 several consecutive steps; the table shows the median over rounds and the
 min-max spread. Prints a markdown table and writes ``gpu.json``.
 """
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._contestants import JAX_TXS, LR, REGIMES, make, problem
-from optax_nadam._demo import timing
+from optax_nadam import _timing as timing
 
 TORCH = ("torch NAdam foreach (cuda)", "torch Adam fused (cuda)")
 

@@ -5,8 +5,8 @@ form: v saturated with a compare + select; 9ffd41d added them with
 `jnp.minimum`, which XLA:CPU fused badly) with the file before any guard
 (a16bcc7), both read from git so later changes to transform.py do not blur the
 comparison. Each regime times a jitted ``update`` + ``apply_updates`` step of
-both versions interleaved in the same process (`optax_nadam._demo.timing`, the
-demo's protocol) and prints the medians and their ratio (guarded / unguarded).
+both versions interleaved in the same process (`optax_nadam._timing`, the
+protocol the demo uses too) and prints the medians and their ratio (guarded / unguarded).
 ``eps=0`` exercises the extra ``where(denom == 0, 0, step)``.
 
 Run (from the repo root):
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_nadam._demo import timing
+from optax_nadam import _timing as timing
 
 GUARDED, UNGUARDED = "c7b7e0a", "a16bcc7"
 REGIMES = {

@@ -17,7 +17,7 @@ new params and state:
   an Adam-family step must move (reads p, g, m, v; writes p, m, v).
 
 Rounds are interleaved (every contestant once per round, in the balanced orders
-of `optax_nadam._demo.timing`, the demo's protocol) so machine noise hits all
+of `optax_nadam._timing`, the protocol the demo uses too) so machine noise hits all
 alike; a sample is the mean of a few consecutive steps, and the tables show
 the median over rounds and the spread (min-max).
 Prints markdown tables, the issue's targets with the measured ratios, and
@@ -43,7 +43,7 @@ import optax  # noqa: E402
 
 import optax_nadam  # noqa: E402
 from benchmarks._contestants import CONTESTANTS, JAX_TXS, LR, REGIMES, make, problem, step_fn  # noqa: E402
-from optax_nadam._demo import timing  # noqa: E402
+from optax_nadam import _timing as timing  # noqa: E402
 
 # --quick: compiling a step over 2000 leaves takes 14-24 s per jax contestant and
 # 44 s for Keras 3 on 2 cores, so quick mode skips (b) and times (c) and (d)

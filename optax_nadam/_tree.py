@@ -1,8 +1,8 @@
 """Tree helpers shared by the core, `safety`, `interop` and the Keras front (private).
 
-One copy each of: naming a leaf by its path, finding the nodes of one state
-class inside an optax state, replacing them, and the range check of a
-mu-product read from outside the program.
+One copy each of: naming a leaf by its path, the paths two trees do not
+share, finding and replacing the nodes of one state class inside an optax
+state, and the range check of a mu-product read from outside the program.
 """
 
 from typing import Any, Callable, List, Tuple, Type
@@ -18,6 +18,30 @@ def path_str(path: Any) -> str:
 def leaf_paths(tree: Any) -> List[str]:
   """`path_str` of every leaf of `tree`, in `jax.tree.leaves` order."""
   return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+_MAX_LISTED = 5
+
+
+def listed(paths: Any) -> str:
+  """The sorted `paths`, the first five, and how many more (for messages)."""
+  paths = sorted(paths)
+  more = f" and {len(paths) - _MAX_LISTED} more" if len(paths) > _MAX_LISTED else ""
+  return f"{paths[:_MAX_LISTED]}{more}"
+
+
+def path_difference(a: Any, b: Any, a_name: str, b_name: str) -> str:
+  """`` Only in the <a_name>: [...]. Only in the <b_name>: [...].`` for two trees' leaf paths.
+
+  Empty when both trees have the same leaf paths.
+  """
+  a_paths, b_paths = set(leaf_paths(a)), set(leaf_paths(b))
+  out = ""
+  if a_paths - b_paths:
+    out += f" Only in the {a_name}: {listed(a_paths - b_paths)}."
+  if b_paths - a_paths:
+    out += f" Only in the {b_name}: {listed(b_paths - a_paths)}."
+  return out
 
 
 def _key_name(key: Any) -> str:

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 
+from optax_nadam import _tree
 from optax_nadam._tree import path_str as _path_str
 
 
@@ -38,13 +39,7 @@ def check_updates(updates, moments) -> None:
   g_leaves, g_def = jax.tree_util.tree_flatten_with_path(updates)
   m_leaves, m_def = jax.tree_util.tree_flatten_with_path(moments)
   if g_def != m_def:
-    g_paths = {_path_str(p) for p, _ in g_leaves}
-    m_paths = {_path_str(p) for p, _ in m_leaves}
-    detail = ""
-    if g_paths - m_paths:
-      detail += f" Only in the gradients: {sorted(g_paths - m_paths)[:5]}."
-    if m_paths - g_paths:
-      detail += f" Only in the optimizer state: {sorted(m_paths - g_paths)[:5]}."
+    detail = _tree.path_difference(updates, moments, "gradients", "optimizer state")
     raise ValueError(
         "scale_by_nadam: the gradient tree does not match the tree the state "
         f"was initialised with.{detail} Gradients: {g_def}; state: {m_def}. "

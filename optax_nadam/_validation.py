@@ -1,20 +1,11 @@
 """Every numeric check of a hyperparameter, with one rule set (private).
 
-A concrete hyperparameter must be finite, representable in the dtype it is
-used in (float32 scalars: magnitude <= 3.4e38; counters: int32) and give
-finite steps for finite gradients; otherwise it is refused at construction
-with a `ValueError` (out of range) or `TypeError` (not a number) that names
-the argument, its value and the allowed range. The rules:
-
-- Python ints and floats, numpy scalars and concrete jax/numpy scalar arrays
-  are numbers; bools (Python or numpy), strings, None and containers are not.
-- Traced scalars (under `jit` or `optax.inject_hyperparams`) pass through: they
-  are checked where they are concrete (``inject_hyperparams`` calls the factory
-  once eagerly in ``init``).
-- Ints that size the computation (counters) must be concrete, in [low, 2**31-1].
-
-`Range` objects state each interval once; the core (`transform`, `alias`) and
-the Keras front (`keras.config`, `keras.schedules`) use the same objects.
+A concrete hyperparameter must be a finite number (not a bool or string),
+representable in the dtype it is used in and give finite steps; otherwise
+construction raises a `ValueError` or `TypeError` naming the argument, its value
+and the range. Traced values pass and are checked where concrete. Each range is
+one `Range`, shared by the core and the Keras front; the table of ranges and
+why: docs/reliability.md ("Hyperparameters: refused at construction, or finite").
 """
 
 import dataclasses

@@ -1,18 +1,10 @@
 """`grouped`: run an elementwise optimizer on small leaves packed into one buffer per dtype.
 
-A jitted step pays a fixed cost for every array it takes in and, above all, for
-every array it gives back: with 2000 bias- and norm-sized leaves an Adam-family step
-returns 6000 arrays (params, m, v) and that cost, not arithmetic, sets its time.
-`grouped(tx)` keeps the optimizer state of all small leaves of one dtype in one
-1-D buffer, so the step returns only the params plus a few buffers; large leaves
-keep their own arrays (and their sharding). The arithmetic is the inner
-transformation's, on the same values; XLA:CPU vectorizes one long buffer
-differently from many short leaves, so results agree to float32 rounding (a
-few ulp after 25 steps), not bit for bit (tested in `tests/core/test_grouped.py`).
-
-The packed tree is a `GroupedLeaves` node; `ungroup_state` / `group_state` turn
-a grouped state into the plain per-leaf layout (for `get_slot`-style reading,
-checkpoints shared with plain runs, state import) and back.
+A jitted step pays a fixed cost for every array it takes in and gives back; with
+thousands of bias-sized leaves that cost, not arithmetic, sets the step time.
+`grouped(tx)` keeps the state of the small leaves of one dtype in one 1-D buffer;
+large leaves keep their arrays and sharding. `ungroup_state` / `group_state`
+convert to the plain per-leaf layout and back. Measurements: docs/performance.md.
 """
 
 from typing import Any, Dict, NamedTuple, Tuple
@@ -116,7 +108,7 @@ def grouped(
   over the packed tree, so a jitted step takes and returns a few buffers
   instead of one array per small leaf. Large leaves pass through unchanged and
   keep their sharding. Results equal `inner` on the plain tree to float32
-  rounding (a few ulp: XLA vectorizes the long buffer differently).
+  rounding, not bit for bit (XLA vectorizes the long buffer differently).
 
   `inner` must treat every element alike (`nadam`, `nadamw` without a mask,
   `optax.adam`, scaling, schedules): it sees the packed tree, so a per-tensor
@@ -139,8 +131,7 @@ def grouped(
     inner: the transformation to run, e.g. `optax_nadam.nadam(lr)`.
     max_leaf_size: leaves with at most this many elements are grouped; a
       group needs at least two leaves of one dtype. Keep it small: XLA
-      concatenates many large operands slowly (1000 leaves of 10k elements
-      grouped: ~4x slower on 2 CPU cores).
+      concatenates many large operands slowly.
 
   Returns:
     An `optax.GradientTransformation` with state `GroupedState(inner_state)`.

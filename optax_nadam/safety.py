@@ -1,23 +1,16 @@
 """Checks for optimizer state that comes from outside the program.
 
-A checkpoint restored into the wrong run is the quiet way to lose a training
-job: `treedef.unflatten(list(arrays))` happily pairs the arrays of another
-model's tree with this one's leaves when the counts agree, and a bf16 moment
-saved with `numpy.savez` comes back as raw bytes (dtype ``V2``). The
-functions here refuse such a state before the first step, naming the leaf:
+A checkpoint restored into the wrong run fails quietly: arrays of another tree
+pair with this one's leaves by position when the counts agree. These functions
+refuse such a state before the first step, naming the leaf:
 
-- `check_state(state, like)` compares a state, leaf by leaf, with a reference
-  (``tx.init(params)`` or ``jax.eval_shape(tx.init, params)``): same tree, same
-  shapes, same dtypes, finite values, and for every `ScaleByNadamState` a
-  count >= 0 and a mu-product in [0, 1]. The reference fixes the mu-product's
-  dtype: float32, or float64 for float64 params under ``jax_enable_x64``.
-- `to_arrays(tree)` / `from_arrays(arrays, like)` turn any optax state into a
-  flat ``{path: numpy array}`` dict for ``numpy.savez`` and back, matching
-  arrays to leaves by path (never by position) and validating the result.
+- `check_state(state, like)`: same tree, shapes, dtypes as ``like`` (e.g.
+  ``jax.eval_shape(tx.init, params)``), finite values, and per
+  `ScaleByNadamState` a count >= 0 and a mu-product in [0, 1].
+- `to_arrays(tree)` / `from_arrays(arrays, like)`: any optax state as a flat
+  ``{path: numpy array}`` for ``numpy.savez`` and back, matched by path.
 
-Non-finite gradients are not handled here: chain the optimizer as
-``optax.apply_if_finite(nadam(lr), max_consecutive_errors=k)``, which skips a
-step whose gradients hold NaN or Inf and leaves the inner state untouched.
+Non-finite gradients are `optax.apply_if_finite`'s job, not this module's.
 """
 
 from typing import Any, Dict, Mapping
@@ -29,27 +22,12 @@ from optax_nadam import _tree
 from optax_nadam._tree import path_str as _path_str
 from optax_nadam.transform import ScaleByNadamState
 
-_MAX_LISTED = 5
-
-
-def _listed(paths) -> str:
-  paths = sorted(paths)
-  more = f" and {len(paths) - _MAX_LISTED} more" if len(paths) > _MAX_LISTED else ""
-  return f"{paths[:_MAX_LISTED]}{more}"
-
 
 def _check_structure(state: Any, like: Any, what: str) -> None:
-  s_leaves, s_def = jax.tree_util.tree_flatten_with_path(state)
-  l_leaves, l_def = jax.tree_util.tree_flatten_with_path(like)
+  s_def, l_def = jax.tree.structure(state), jax.tree.structure(like)
   if s_def == l_def:
     return
-  s_paths = {_path_str(p) for p, _ in s_leaves}
-  l_paths = {_path_str(p) for p, _ in l_leaves}
-  detail = ""
-  if s_paths - l_paths:
-    detail += f" Only in the {what}: {_listed(s_paths - l_paths)}."
-  if l_paths - s_paths:
-    detail += f" Only in the reference: {_listed(l_paths - s_paths)}."
+  detail = _tree.path_difference(state, like, what, "reference")
   if not detail:
     detail = f" Same leaf paths, different node types: {s_def} vs {l_def}."
   raise ValueError(
@@ -155,9 +133,9 @@ def from_arrays(arrays: Mapping[str, Any], like: Any, *, finite: bool = True) ->
   if missing or extra:
     detail = ""
     if missing:
-      detail += f" Missing: {_listed(missing)}."
+      detail += f" Missing: {_tree.listed(missing)}."
     if extra:
-      detail += f" Not in the reference: {_listed(extra)}."
+      detail += f" Not in the reference: {_tree.listed(extra)}."
     raise ValueError(
         "The saved arrays do not match the reference state's leaves." + detail
         + " Was the checkpoint saved from a different model or optimizer chain?"

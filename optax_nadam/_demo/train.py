@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from optax_nadam._demo import timing
+from optax_nadam import _timing as timing
 from optax_nadam._demo.report import plot, png_path
 
 # Import name -> pip name of what the demo needs beyond the core dependencies.

@@ -27,11 +27,12 @@ read (a torch ``Linear`` weight is ``(out, in)``, a Flax ``Dense`` kernel
 ``(in, out)``). Counts, shapes, dtypes and values are
 validated and every error names the variable and the params leaf path.
 
-The import checks tx's whole next step against the peer's hyperparameters
-(learning rate, betas, eps, weight decay, maximize, clipping; see
-`optax_nadam.interop._check`) and refuses a mismatch, naming the
-hyperparameter, both values and the tx that matches; ``check_hyperparams=False``
-allows a deliberate change. The momentum schedule check (``check_schedule``)
+The import compares tx's next step with the step of the peer's stated
+hyperparameters (learning rate, betas, eps, weight decay, maximize, clipping;
+`optax_nadam.interop._check`) and refuses a mismatch, listing the peer's
+hyperparameters beside tx's and the tx that matches; ``check_hyperparams=False``
+allows a deliberate change. The tx `resume_from_torch` returns prints its
+hyperparameters. The momentum schedule check (``check_schedule``)
 catches Keras 3's ``momentum_decay=1.0``.
 
 Nothing is evaluated or unpickled: files are read with

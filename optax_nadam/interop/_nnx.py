@@ -5,7 +5,8 @@ from typing import Any
 import jax
 import optax
 
-from optax_nadam.interop._nodes import find_nadam_states
+from optax_nadam import _tree
+from optax_nadam.transform import ScaleByNadamState
 
 
 def nnx_optimizer(model: Any, tx: optax.GradientTransformation, opt_state: optax.OptState,
@@ -40,7 +41,7 @@ def nnx_optimizer(model: Any, tx: optax.GradientTransformation, opt_state: optax
                      "nnx.state(model, wrt))): import it for this model's parameters and this tx "
                      f"(got {jax.tree.structure(opt_state)}, expected {want}).")
   nnx.update(optimizer.opt_state, nnx.state(opt_state))
-  counts = {int(node.count) for _, node in find_nadam_states(opt_state)}
+  counts = {int(node.count) for _, node in _tree.find_nodes(opt_state, ScaleByNadamState)}
   if len(counts) == 1:
     optimizer.step[...] = counts.pop()
   return optimizer

@@ -15,14 +15,10 @@ import numpy as np
 
 from optax_nadam import _tree
 from optax_nadam._tree import path_str
+from optax_nadam.interop._arrays import to_numpy
 from optax_nadam.transform import ScaleByNadamState
 
 param_paths = _tree.leaf_paths
-
-
-def find_nadam_states(state: Any) -> List[Tuple[Any, ScaleByNadamState]]:
-  """All `ScaleByNadamState` nodes of an optax state, with their tree paths."""
-  return _tree.find_nodes(state, ScaleByNadamState)
 
 
 def owners(state: Any, params: Any) -> List[Tuple[Any, List[int]]]:
@@ -40,7 +36,7 @@ def owners(state: Any, params: Any) -> List[Tuple[Any, List[int]]]:
       `scale_by_nadam`, or several on disjoint parts as with
       ``optax.multi_transform``).
   """
-  nodes = find_nadam_states(state)
+  nodes = _tree.find_nodes(state, ScaleByNadamState)
   if not nodes:
     raise ValueError(
         "tx has no scale_by_nadam in its state (no ScaleByNadamState found in "
@@ -78,40 +74,15 @@ def owners(state: Any, params: Any) -> List[Tuple[Any, List[int]]]:
   return result
 
 
-def to_numpy(x: Any) -> np.ndarray:
-  """A numpy copy; dtypes numpy has no native kind for (bfloat16) become float32."""
-  x = np.array(x)
-  return x if x.dtype in (np.float16, np.float32, np.float64) else x.astype(np.float32)
-
-
 def _moment_leaves(state: Any, params: Any):
   """Yields ``(params leaf index, nadam node, leaf path, m, v)`` for every params leaf."""
-  nodes = dict(find_nadam_states(state))
+  nodes = dict(_tree.find_nodes(state, ScaleByNadamState))
   index = {p: i for i, p in enumerate(param_paths(params))}
   for node_path, _ in owners(state, params):
     node = nodes[node_path]
     for leaf_path, m, v in zip(param_paths(node.m), jax.tree.leaves(node.m),
                                jax.tree.leaves(node.v)):
       yield index[leaf_path], node, leaf_path, m, v
-
-
-def storage_dtypes(state: Any, params: Any) -> List[Tuple[np.dtype, np.dtype]]:
-  """Per params leaf, the dtypes ``(m, v)`` are stored in (`read_state`'s order).
-
-  `read_state` widens bfloat16 to float32 for numpy; the step's overflow
-  guards depend on the stored dtypes (`optax_nadam._bounds.step_cut_needed`).
-
-  Args:
-    state: a state of a tx containing scale_by_nadam, for `params`.
-    params: the params tree (fixes the leaf order).
-
-  Returns:
-    One ``(m dtype, v dtype)`` pair per ``jax.tree.leaves(params)`` entry.
-  """
-  out: List[Any] = [None] * len(param_paths(params))
-  for i, _, _, m, v in _moment_leaves(state, params):
-    out[i] = (jnp.dtype(m.dtype), jnp.dtype(v.dtype))
-  return out
 
 
 def read_state(state: Any, params: Any) -> List[Tuple[int, np.floating, np.ndarray, np.ndarray]]:

@@ -19,13 +19,13 @@ import optax
 
 from optax_nadam import _tree
 from optax_nadam._tree import path_str
-from optax_nadam.interop._arrays import to_array, to_scalar
+from optax_nadam.interop._arrays import to_numpy, to_scalar
 from optax_nadam.interop._check import PeerHyperparams, check_step
-from optax_nadam.interop._nodes import find_nadam_states, owners, param_paths, read_state
+from optax_nadam.interop._nodes import owners, param_paths, read_state
 from optax_nadam.transform import ScaleByNadamState, momentum_coefficient
 
-__all__ = ["PeerExtras", "PeerHyperparams", "PeerSlot", "build_state", "find_nadam_states",
-           "param_paths", "read_state", "to_array", "to_scalar"]
+__all__ = ["PeerExtras", "PeerHyperparams", "PeerSlot", "build_state", "param_paths",
+           "read_state", "to_numpy", "to_scalar"]
 
 _INT32_MAX = np.iinfo(np.int32).max
 # The next momentum coefficient of tx and of the peer agree to float32 rounding
@@ -225,8 +225,8 @@ def _check_schedule(tx, state, params, slots) -> None:
   probe = _tree.map_nodes(state, ScaleByNadamState,
                           lambda _, n: n._replace(mu_product=jnp.ones_like(n.mu_product)))
   _, after = tx.update(jax.tree.map(jnp.zeros_like, params), probe, params)
-  after_nodes = dict(find_nadam_states(after))
-  before_nodes = dict(find_nadam_states(probe))
+  after_nodes = dict(_tree.find_nodes(after, ScaleByNadamState))
+  before_nodes = dict(_tree.find_nodes(probe, ScaleByNadamState))
   for node_path, held in owners(state, params):
     old, new = before_nodes[node_path], after_nodes.get(node_path)
     if new is None or int(new.count) == int(old.count):

@@ -15,11 +15,9 @@ torch's order) matches too.
 """
 
 import re
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-
-from optax_nadam import _tree
 
 Layout = Callable[[str, np.ndarray], np.ndarray]
 
@@ -93,64 +91,3 @@ class TorchToFlax:
 
 
 torch_to_flax = TorchToFlax()
-
-
-def _leaf_names(like: Any) -> List[str]:
-  names = _tree.leaf_names(like)
-  return [n[: -len("/value")] if n.endswith("/value") else n for n in names]
-
-
-def by_name(layout: Any) -> bool:
-  """True when `layout` matches peer entries to params leaves by name."""
-  return callable(getattr(layout, "leaf_name", None))
-
-
-def match(names: Sequence[str], shapes: Sequence[Tuple[int, ...]], like: Any,
-          layout: Any, source: str) -> List[Optional[int]]:
-  """For each peer entry, the index of the params leaf it fills (None: skipped).
-
-  By order (entry i -> leaf i) unless `layout` has ``leaf_name`` (by name).
-
-  Args:
-    names: the peer's entry names, in its order.
-    shapes: their shapes as stored.
-    like: the params tree.
-    layout: the layout (or None).
-    source: the file or object, for messages.
-
-  Returns:
-    One leaf index (or None) per peer entry.
-
-  Raises:
-    ValueError: counts differ, or names that match no leaf / leaves no entry fills.
-  """
-  paths = _tree.leaf_paths(like)
-  if not by_name(layout):
-    if len(names) != len(paths):
-      raise ValueError(
-          f"{source} has {len(names)} entries ({list(names)[:5]}...) but params has "
-          f"{len(paths)} leaves ({paths[:5]}...); they are matched one to one in order (pass "
-          "layout=interop.torch_to_flax to match by name, which leaves out batch-norm "
-          "statistics)."
-      )
-    return list(range(len(names)))
-  index = {n: i for i, n in enumerate(_leaf_names(like))}
-  out: List[Optional[int]] = []
-  unknown = []
-  for name, shape in zip(names, shapes):
-    leaf = layout.leaf_name(name, tuple(shape))
-    if leaf is not None and leaf not in index:
-      unknown.append(f"{name} -> {leaf}")
-    out.append(None if leaf is None else index.get(leaf))
-  if unknown:
-    raise ValueError(
-        f"{source}: entries {unknown[:5]} name no params leaf (params leaves: "
-        f"{list(index)[:8]}); pass rename= to the layout (TorchToFlax(rename={{...}}))."
-    )
-  filled = [i for i in out if i is not None]
-  missing = [paths[i] for i in range(len(paths)) if i not in filled]
-  if missing or len(set(filled)) != len(filled):
-    twice = sorted({paths[i] for i in filled if filled.count(i) > 1})
-    raise ValueError(f"{source}: params leaves {missing[:5]} are filled by no entry"
-                     f"{' and ' + str(twice) + ' by several' if twice else ''}.")
-  return out

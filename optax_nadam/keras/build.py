@@ -42,7 +42,7 @@ import optax
 from optax_nadam import _tree
 from optax_nadam.keras.config import NadamConfig
 from optax_nadam.keras.schedules import KerasSchedule
-from optax_nadam.keras.state import find_nadam_state, keep_where_absent, leaf_names
+from optax_nadam.keras.state import find_nadam_state, keep_where_absent
 from optax_nadam.transform import scale_by_nadam
 
 
@@ -71,7 +71,7 @@ def _accumulate(inner: optax.GradientTransformation, k: int) -> optax.GradientTr
 
   The same state (`optax.MultiStepsState`) and the same arithmetic, but each
   accumulator has its param's dtype, at least float32 (float32 for
-  bfloat16/float16/float32 params as before; float64, complex64 and
+  bfloat16/float16/float32 params; float64, complex64 and
   complex128 params keep their precision and imaginary part), where
   `optax.MultiSteps` takes one ``accumulator_dtype`` for the whole tree.
 
@@ -120,7 +120,7 @@ def _decay_mask(patterns, params):
   if not patterns:
     return jax.tree.map(lambda _: True, params)
   regex = re.compile("|".join(patterns))
-  flags = [regex.search(n) is None for n in leaf_names(params)]
+  flags = [regex.search(n) is None for n in _tree.leaf_names(params)]
   return jax.tree.unflatten(jax.tree.structure(params), flags)
 
 

@@ -1,6 +1,11 @@
-"""State helpers of `optax_nadam.keras.Nadam` (private): find, name, import/export."""
+"""State helpers of `optax_nadam.keras.Nadam`'s Keras methods (private).
 
-from typing import Any, List, Sequence
+Finding the Nadam node, the tf-keras legacy ``get_weights`` layout both ways,
+slots, and ``apply_gradients``' pairs as trees.
+"""
+
+import warnings
+from typing import Any, List, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +34,6 @@ def find_nadam_state(state: Any) -> ScaleByNadamState:
   """
   return _tree.find_one(state, ScaleByNadamState,
                         "pass the state returned by this optimizer's init().")
-
-
-leaf_names = _tree.leaf_names
 
 
 def keep_where_absent(new: Any, old: Any, present: Any) -> Any:
@@ -145,3 +147,78 @@ def weights_into_state(state: Any, weights: Sequence[Any]) -> Any:
     return node
 
   return jax.tree.map(fix, state, is_leaf=_is_node)
+
+
+def slot(state: Any, var: Union[int, str], slot_name: str) -> jax.Array:
+  """`Nadam.get_slot`: the ``"m"`` or ``"v"`` leaf of `var` (an index or a path)."""
+  if slot_name not in ("m", "v"):
+    raise ValueError(f"get_slot: slot_name must be 'm' or 'v', got {slot_name!r}.")
+  nadam = find_nadam_state(state)
+  tree = nadam.m if slot_name == "m" else nadam.v
+  leaves = jax.tree.leaves(tree)
+  if isinstance(var, (int, np.integer)) and not isinstance(var, bool):
+    if not -len(leaves) <= int(var) < len(leaves):
+      raise ValueError(f"get_slot: index {var} out of range for {len(leaves)} parameters.")
+    return leaves[int(var)]
+  if isinstance(var, str):
+    names = _tree.leaf_names(tree)
+    for leaf, name, keystr in zip(leaves, names, _tree.leaf_paths(tree)):
+      if var in (name, keystr):
+        return leaf
+    raise ValueError(f"get_slot: no parameter at path {var!r}; paths: {names}.")
+  raise TypeError(f"get_slot: var must be an int index or a path string, got {var!r}.")
+
+
+def variables(state: Any) -> List[jax.Array]:
+  """`Nadam.variables`: `weights_from_state`'s order, then accumulators, then the EMA."""
+  nadam = find_nadam_state(state)
+  out = [nadam.count, nadam.mu_product, *jax.tree.leaves(nadam.m), *jax.tree.leaves(nadam.v)]
+  for _, node in _tree.find_nodes(state.core, optax.MultiStepsState):
+    out += jax.tree.leaves(node.acc_grads)
+  return out + jax.tree.leaves(state.ema)
+
+
+def split_pairs(grads_and_vars: Any) -> Tuple[Any, Any, Any]:
+  """`Nadam.apply_gradients`' pairs as ``(grads, params, present)`` trees.
+
+  A list of pairs gives lists, a ``{name: (grad, var)}`` dict gives dicts; a
+  None gradient becomes zeros with ``present`` False (all-True: ``None``).
+
+  Raises:
+    TypeError: malformed pairs.
+    ValueError: every gradient is None, or a gradient's shape is not its variable's.
+  """
+  if isinstance(grads_and_vars, dict):
+    keys, pairs = list(grads_and_vars), list(grads_and_vars.values())
+    labels = [str(k) for k in keys]
+  else:
+    try:
+      pairs = list(grads_and_vars)
+    except TypeError:
+      raise TypeError("apply_gradients: grads_and_vars must be an iterable of (gradient, "
+                      f"variable) pairs, got {type(grads_and_vars).__name__}.") from None
+    keys, labels = None, [str(i) for i in range(len(pairs))]
+  for label, pair in zip(labels, pairs):
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+      raise TypeError(f"apply_gradients: grads_and_vars[{label}] must be a (gradient, "
+                      f"variable) pair, got {type(pair).__name__}.")
+    if not hasattr(pair[1], "shape") or (pair[0] is not None and not hasattr(pair[0], "shape")):
+      raise TypeError(f"apply_gradients: grads_and_vars[{label}] must hold arrays, got "
+                      f"({type(pair[0]).__name__}, {type(pair[1]).__name__}).")
+  present = [g is not None for g, _ in pairs]
+  if not any(present):
+    raise ValueError("No gradients provided for any variable.")
+  for label, (g, v) in zip(labels, pairs):
+    if g is not None and jnp.shape(g) != jnp.shape(v):
+      raise ValueError(f"apply_gradients: the gradient at grads_and_vars[{label}] has shape "
+                       f"{jnp.shape(g)} but its variable has shape {jnp.shape(v)}.")
+  if not all(present):
+    missing = [label for label, p in zip(labels, present) if not p]
+    warnings.warn(f"Gradients do not exist for variables {missing}; they are left as they are.",
+                  stacklevel=3)
+  grads = [jnp.zeros_like(v) if g is None else g for g, v in pairs]
+  params = [v for _, v in pairs]
+  if keys is not None:
+    grads, params, present = (dict(zip(keys, x)) for x in (grads, params, present))
+  # A params-shaped tree of flags (traced: every pattern shares one compilation).
+  return grads, params, None if all(jax.tree.leaves(present)) else present

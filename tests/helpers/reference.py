@@ -144,16 +144,38 @@ def tf_legacy_run(params, grads, **kwargs):
 
 def run_keras3(params, grads, lr, b1, b2, eps):
   """keras.optimizers.Nadam (Keras 3, jax backend); params after every step."""
+  return keras3_run(params, grads, learning_rate=lr, beta_1=b1, beta_2=b2, epsilon=eps)[0]
+
+
+def keras3_run(params, grads, names=None, exclude=None, **kwargs):
+  """keras.optimizers.Nadam(**kwargs) (jax backend); None gradients allowed.
+
+  Variables are named `names` (what `exclude`, Keras 3's
+  ``exclude_from_weight_decay(var_names=...)``, matches). Steps go through
+  Keras's own `stateless_apply` under `jax.jit` (eager Keras 3 traces its
+  `lax.cond`s on every step); the final values are assigned back so the
+  optimizer can be inspected. Returns ``(params after every step, the optimizer)``.
+  """
+  import jax
   import keras
 
-  vs = [keras.Variable(x) for x in params]
-  opt = keras.optimizers.Nadam(learning_rate=lr, beta_1=b1, beta_2=b2, epsilon=eps)
+  names = names or [None] * len(params)
+  vs = [keras.Variable(x, name=n) for n, x in zip(names, params)]
+  opt = keras.optimizers.Nadam(**kwargs)
+  if exclude:
+    opt.exclude_from_weight_decay(var_names=exclude)
   opt.build(vs)
+  step = jax.jit(opt.stateless_apply)
+  opt_values = [v.value for v in opt.variables]
+  values = [v.value for v in vs]
   history = []
   for gs in grads:
-    opt.apply_gradients(zip([keras.ops.convert_to_tensor(g) for g in gs], vs))
-    history.append([np.array(v.numpy()) for v in vs])
-  return history
+    gs = [None if g is None else jax.numpy.asarray(g) for g in gs]
+    values, opt_values = step(opt_values, gs, values)
+    history.append([np.asarray(x) for x in values])
+  for var, value in zip(list(vs) + list(opt.variables), list(values) + list(opt_values)):
+    var.assign(value)
+  return history, opt
 
 
 def max_rel_gap(history_a, history_b, scale_of):
@@ -228,11 +250,12 @@ def continue_on_loss(tx, params, state, loss, *batch, steps):
   return [np.asarray(p) for p in jax.tree.leaves(params)], state
 
 
-def run_ours(tx, params, grads):
-  """Our optimizer `tx` from ``tx.init`` on the gradient sequence."""
+def run_ours(tx, params, grads, with_state=False):
+  """Our optimizer `tx` from ``tx.init`` on the gradient sequence (see `continue_optax`)."""
   import jax
 
-  return continue_optax(tx, tx.init([jax.numpy.asarray(x) for x in params]), params, grads)
+  return continue_optax(tx, tx.init([jax.numpy.asarray(x) for x in params]), params, grads,
+                        with_state=with_state)
 
 
 def param_scale(history):

@@ -1,4 +1,4 @@
-"""README.md and the guides in docs/: every ```python block runs, every relative link resolves.
+"""README, CHANGELOG and docs/: every ```python block runs, every relative link resolves.
 
 Each block runs in a fresh interpreter (its own jax, its own flags), in an empty
 working directory, with the test's environment (so ``PYTHONPATH`` picks the
@@ -16,7 +16,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 GUIDES = ["keras.md", "migration.md", "distributed.md", "performance.md", "reliability.md"]
 
 

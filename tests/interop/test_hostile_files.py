@@ -23,7 +23,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optax_nadam.interop._formats import FileFormatError, _safe
+from optax_nadam.interop import _files
+from optax_nadam.interop._files import FileFormatError
 from tests.helpers import hostile
 from tests.helpers import subproc as _subproc
 
@@ -115,22 +116,22 @@ _json = st.recursive(
 @given(_json)
 def test_json_depth_counts_brackets_outside_strings(value):
   text = json.dumps(value).encode()
-  assert _safe.json_depth(text) == _depth(value)
-  assert _safe.load_json(text, "x") == value
+  assert _files.json_depth(text) == _depth(value)
+  assert _files.load_json(text, "x") == value
 
 
 def test_json_depth_limit_is_exact():
   ok, deep = b"[" * 200 + b"]" * 200, b"[" * 201 + b"]" * 201
-  assert _depth(_safe.load_json(ok, "ok")) == 200
+  assert _depth(_files.load_json(ok, "ok")) == 200
   with pytest.raises(FileFormatError, match="deep: nests deeper than 200 levels"):
-    _safe.load_json(deep, "deep:")
+    _files.load_json(deep, "deep:")
 
 
 def test_load_json_refuses_size_and_bad_text():
   with pytest.raises(FileFormatError, match=r"big is \d+ bytes of JSON; at most"):
-    _safe.load_json(b" " * (_safe.MAX_JSON_BYTES + 1), "big")
+    _files.load_json(b" " * (_files.MAX_JSON_BYTES + 1), "big")
   with pytest.raises(FileFormatError, match=r"bad is not valid JSON \(UnicodeDecodeError"):
-    _safe.load_json(b'"\xff\xfe"', "bad")
+    _files.load_json(b'"\xff\xfe"', "bad")
 
 
 def _archive(tmp_path, **lies) -> str:
@@ -150,8 +151,8 @@ def test_a_lying_size_is_refused_or_harmless(tmp_path_factory, size, member, whe
   kw = dict(local_size=lie, central_size=lie) if where == "both" else {where: lie}
   with open(_archive(tmp, **kw), "rb") as f:
     try:
-      zf = _safe.open_zip(f, "arch")
-      data = _safe.read_member(zf, member, 1 << 16, "arch")
+      zf = _files.open_zip(f, "arch")
+      data = _files.read_member(zf, member, 1 << 16, "arch")
     except FileFormatError as e:
       assert "arch" in str(e) and member in str(e)
       return
@@ -162,25 +163,25 @@ def test_a_lying_size_is_refused_or_harmless(tmp_path_factory, size, member, whe
 def test_stored_member_is_read_in_place_and_crc_checked(tmp_path):
   w = hostile.keras_h5_bytes()
   path = pathlib.Path(hostile.keras_zip(tmp_path / "m.keras", weights=w))
-  with open(path, "rb") as f, _safe.open_zip(f, "m") as zf:
-    with _safe.member_file(zf, f, "model.weights.h5", "m") as window:
+  with open(path, "rb") as f, _files.open_zip(f, "m") as zf:
+    with _files.member_file(zf, f, "model.weights.h5", "m") as window:
       assert window.read() == w
       window.seek(10)
       assert window.read(5) == w[10:15]
   blob = bytearray(path.read_bytes())
   blob[blob.index(w) + len(w) // 2] ^= 0xFF  # one bit of the weights member flipped
   path.write_bytes(bytes(blob))
-  with open(path, "rb") as f, _safe.open_zip(f, "m") as zf:
+  with open(path, "rb") as f, _files.open_zip(f, "m") as zf:
     with pytest.raises(FileFormatError, match="fails its CRC check"):
-      with _safe.member_file(zf, f, "model.weights.h5", "m"):
+      with _files.member_file(zf, f, "model.weights.h5", "m"):
         pass
 
 
 def test_compressed_member_is_expanded_to_a_bounded_temporary_file(tmp_path):
   w = hostile.keras_h5_bytes()
   path = hostile.keras_zip(tmp_path / "m.keras", replace=hostile.deflated("model.weights.h5", w))
-  with open(path, "rb") as f, _safe.open_zip(f, "m") as zf:
-    with _safe.member_file(zf, f, "model.weights.h5", "m") as tmp:
+  with open(path, "rb") as f, _files.open_zip(f, "m") as zf:
+    with _files.member_file(zf, f, "model.weights.h5", "m") as tmp:
       assert tmp.read() == w
 
 
@@ -188,14 +189,14 @@ def test_open_regular_names_what_it_refuses(tmp_path):
   fifo = tmp_path / "p"
   os.mkfifo(fifo)
   with pytest.raises(FileFormatError, match=r"p is a FIFO \(named pipe\), not a regular file"):
-    _safe.open_regular(str(fifo))
+    _files.open_regular(str(fifo))
   with pytest.raises(IsADirectoryError, match="is a directory"):
-    _safe.open_regular(str(tmp_path))
+    _files.open_regular(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="no such file"):
-    _safe.open_regular(str(tmp_path / "missing"))
+    _files.open_regular(str(tmp_path / "missing"))
   os.symlink(tmp_path / "missing", tmp_path / "dangling")
   with pytest.raises(FileNotFoundError, match=r"dangling is a symlink to .*missing"):
-    _safe.stat_path(str(tmp_path / "dangling"))
+    _files.stat_path(str(tmp_path / "dangling"))
 
 
 @settings(max_examples=100, deadline=None)
@@ -204,7 +205,7 @@ def test_open_regular_names_what_it_refuses(tmp_path):
        st.sampled_from([np.float16, np.float32, np.float64, np.int8]))
 def test_budget_allows_no_array_larger_than_likes_largest_leaf(like_shapes, shape, dtype):
   like = [np.zeros(s, np.float32) for s in like_shapes]
-  budget = _safe.Budget.like(like)
+  budget = _files.Budget.like(like)
   sizes = [int(np.prod(s)) for s in like_shapes]
   n = int(np.prod(shape))
   try:
@@ -215,12 +216,12 @@ def test_budget_allows_no_array_larger_than_likes_largest_leaf(like_shapes, shap
                      rf"\(the largest of its {len(sizes)} leaves has {max(sizes)}\)", str(e))
   else:
     assert n <= max(max(sizes), 1)
-  assert budget.total == sum(sizes) * 8 * _safe.COPIES + _safe.SCALAR_SLACK_BYTES
+  assert budget.total == sum(sizes) * 8 * _files.COPIES + _files.SCALAR_SLACK_BYTES
 
 
 def test_budget_total_is_five_copies_of_like():
-  budget = _safe.Budget.like([np.zeros((1000,), np.float32)])
-  for _ in range(5 + _safe.SCALAR_SLACK_BYTES // 8000):
+  budget = _files.Budget.like([np.zeros((1000,), np.float32)])
+  for _ in range(5 + _files.SCALAR_SLACK_BYTES // 8000):
     budget.charge((1000,), np.float64, "ds")  # 5 copies at 8 bytes, and the slack
   with pytest.raises(FileFormatError, match=r"ds declares 8000 bytes; with the \d+ read before, "
                      r"that passes the \d+ bytes this import may read \(5 copies of like\)"):
@@ -235,17 +236,17 @@ def test_pickle_globals_reads_stack_global_without_running_it():
   import pickle
 
   for protocol in (0, 2, 4, 5):
-    found = _safe.pickle_globals(io.BytesIO(pickle.dumps(Boom(), protocol=protocol)))
+    found = _files.pickle_globals(io.BytesIO(pickle.dumps(Boom(), protocol=protocol)))
     assert found == [f"{os.system.__module__}.system"], (protocol, found)
 
 
 def test_zip_with_too_many_members_is_refused(tmp_path):
   p = tmp_path / "many.zip"
   with zipfile.ZipFile(p, "w") as zf:
-    for i in range(_safe.MAX_MEMBERS + 1):
+    for i in range(_files.MAX_MEMBERS + 1):
       zf.writestr(f"{i}", b"")
   with open(p, "rb") as f, pytest.raises(FileFormatError, match="10001 members"):
-    _safe.open_zip(f, "many")
+    _files.open_zip(f, "many")
 
 
 _KERAS_BLOB = {}

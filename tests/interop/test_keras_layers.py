@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optax_nadam.interop import _formats, params_from_keras
-from optax_nadam.interop._formats import keras3_layers
+from optax_nadam.interop import _files, params_from_keras
+from optax_nadam.interop.keras import _keras3_layers as keras3_layers
 
 SHAPES = [(2,), (3,), (2, 2)]
 
@@ -57,7 +57,7 @@ def test_line_up_returns_the_only_assignment_or_refuses(layers, data):
     picked = keras3_layers.line_up(units, slots, "f.keras")
     assert [id(d) for _, d in picked] == found[0]
   else:
-    with pytest.raises(_formats.FileFormatError,
+    with pytest.raises(_files.FileFormatError,
                        match="more than one way" if found else "cannot be lined up"):
       keras3_layers.line_up(units, slots, "f.keras")
 
@@ -100,7 +100,7 @@ def test_line_up_has_no_per_layer_recursion():
 def test_custom_layers_that_fit_two_ways_are_refused():
   # Two custom layers of (4,) variables, two (4,) slots: 2+0, 1+1 or 0+2 fit.
   units = [_unit("layers/a", [(4,), (4,)], None), _unit("layers/b", [(4,)], None)]
-  with pytest.raises(_formats.FileFormatError, match="f.keras: .* in more than one way.*"
+  with pytest.raises(_files.FileFormatError, match="f.keras: .* in more than one way.*"
                      r"resume_from_keras\(model, like\)"):
     keras3_layers.line_up(units, [(4,), (4,)], "f.keras")
   # The config saying the first layer's second variable is not trainable proves it.

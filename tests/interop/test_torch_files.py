@@ -1,4 +1,4 @@
-"""Continuing a saved torch run from its `torch.save` file (interop._formats.torch_files).
+"""Continuing a saved torch run from its `torch.save` file (interop.torch._load).
 
 Every file is written by the real torch after real NAdam steps; optax resumes
 from it and must stay within 1e-5 of torch continuing the same run for 20

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from optax_nadam import interop
-from optax_nadam.interop._nodes import find_nadam_states
+from optax_nadam import _tree, interop
+from optax_nadam.transform import ScaleByNadamState
 from tests.helpers.reference import continue_optax, gap
 from tests.helpers.torch_runs import LR, TOL, ModuleRun, nested, write_safetensors
 
@@ -171,7 +171,8 @@ def test_layerwise_lr_decay_with_torchs_param_names(tmp_path):
   assert sd["param_groups"][0]["param_names"] == ["2.weight", "2.bias"]
   torch.save({"model": run.module.state_dict(), "optimizer": sd}, tmp_path / "llrd.pt")
   _, _, opt_state = interop.resume_from_torch(tmp_path / "llrd.pt", run.like())
-  assert len(find_nadam_states(opt_state)) == 3  # optax.multi_transform: one nadam per lr
+  # optax.multi_transform: one nadam per learning rate
+  assert len(_tree.find_nodes(opt_state, ScaleByNadamState)) == 3
   _resume_and_compare(run, tmp_path / "llrd.pt", "LLRD groups in reverse, torch's param_names")
 
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from optax_nadam import interop
-from optax_nadam.interop._formats import FileFormatError
-from optax_nadam.interop._formats.safetensors import SafetensorsFile
+from optax_nadam.interop._files import FileFormatError
+from optax_nadam.interop.torch._safetensors import SafetensorsFile
 from tests.helpers.torch_runs import write_safetensors
 
 

@@ -11,7 +11,6 @@ import json
 
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import optax_nadam
@@ -39,20 +38,7 @@ def _check(label, peer_name, ours, peer, moved=True):
 
 def run_ours(opt, params, grads):
   """Jitted optax update loop; returns the params after each step and the state."""
-  import jax
-
-  @jax.jit
-  def step(ps, state, gs):
-    updates, state = opt.update(gs, state, ps)
-    return optax.apply_updates(ps, updates), state
-
-  ps = [jnp.asarray(x) for x in params]
-  state = opt.init(ps)
-  history = []
-  for gs in grads:
-    ps, state = step(ps, state, [jnp.asarray(g) for g in gs])
-    history.append([np.asarray(x) for x in ps])
-  return history, state
+  return ref.run_ours(opt, params, grads, with_state=True)
 
 
 def run_ours_named(opt, params, grads):
@@ -73,31 +59,8 @@ def run_tf_legacy(params, grads, **kwargs):
 
 
 def run_keras3(params, grads, exclude=None, **kwargs):
-  """keras.optimizers.Nadam(**kwargs) on variables named NAMES; None grads allowed.
-
-  Steps go through Keras's own `stateless_apply` under `jax.jit` (eager Keras
-  3 traces its `lax.cond`s on every step); the final values are assigned back
-  so the optimizer object can be inspected afterwards.
-  """
-  import jax
-  import keras
-
-  vs = [keras.Variable(x, name=n) for n, x in zip(NAMES, params)]
-  opt = keras.optimizers.Nadam(**kwargs)
-  if exclude:
-    opt.exclude_from_weight_decay(var_names=exclude)
-  opt.build(vs)
-  step = jax.jit(opt.stateless_apply)
-  opt_values = [v.value for v in opt.variables]
-  values = [v.value for v in vs]
-  history = []
-  for gs in grads:
-    gs = [None if g is None else jnp.asarray(g) for g in gs]
-    values, opt_values = step(opt_values, gs, values)
-    history.append([np.asarray(x) for x in values])
-  for var, value in zip(list(vs) + list(opt.variables), list(values) + list(opt_values)):
-    var.assign(value)
-  return history, opt
+  """keras.optimizers.Nadam(**kwargs) on variables named NAMES; None grads allowed."""
+  return ref.keras3_run(params, grads, names=NAMES, exclude=exclude, **kwargs)
 
 
 # ---------------------------------------------------------------- tf-keras legacy
@@ -273,6 +236,42 @@ def test_keras3_kwargs_match_keras3(label):
     averages = [np.asarray(a.value) for a in peer_opt._model_variables_moving_average]
     ema = [np.asarray(state.ema[n]) for n in NAMES]
     _check(label + " (EMA averages)", "Keras 3", [ema], [averages], moved=False)
+
+
+def test_keras3_preset_takes_keras3s_arguments_and_defaults():
+  import inspect
+
+  import keras
+
+  theirs = inspect.signature(keras.optimizers.Nadam.__init__).parameters
+  ours = inspect.signature(Nadam.keras3).parameters
+  positional = [n for n, p in theirs.items() if p.kind is p.POSITIONAL_OR_KEYWORD][1:]
+  assert [n for n, p in ours.items() if p.kind is p.POSITIONAL_OR_KEYWORD] == positional
+  for name in positional:
+    if name != "name":  # Keras 3: None, named "nadam" when built
+      assert ours[name].default == theirs[name].default, name
+  assert Nadam.keras3().get_config() == {**Nadam().get_config(), "name": "nadam",
+                                         "schedule_decay": 1.0}
+  with pytest.raises(TypeError, match="schedule_decay"):
+    Nadam.keras3(schedule_decay=0.004)
+
+
+@pytest.mark.parametrize("kwargs", [
+    pytest.param(dict(learning_rate=0.02), id="learning_rate"),
+    pytest.param(dict(learning_rate=0.01, beta_1=0.85, epsilon=1e-6, weight_decay=0.05,
+                      use_ema=True, ema_overwrite_frequency=7, clipnorm=0.5,
+                      gradient_accumulation_steps=2),
+                 id="betas+weight_decay+ema+clipnorm+accumulation", marks=pytest.mark.slow),
+])
+def test_keras3_preset_matches_keras3_and_the_default_does_not(kwargs):
+  params, grads = _problem()
+  peer, peer_opt = run_keras3(params, grads, **kwargs)
+  ours, state = run_ours_named(Nadam.keras3(**kwargs), params, grads)
+  _check(f"Nadam.keras3({', '.join(kwargs)})", "Keras 3", ours, peer)
+  assert int(Nadam.keras3(**kwargs).iterations(state)) == int(peer_opt.iterations)
+  # What a Keras 3 user who writes Nadam(...) gets: tf-keras legacy's schedule, far off.
+  legacy, _ = run_ours_named(Nadam(**kwargs), params, grads)
+  assert ref.max_rel_gap(legacy, peer, ref.param_scale(peer)) > 100 * TOL
 
 
 def test_weight_decay_exclusion_really_excludes():

@@ -1,1 +1,0 @@
-"""Private pieces of `optax_nadam.interop.keras`: live optimizers, configs, file state."""
