@@ -60,7 +60,7 @@ def _as_moment(name: str, x: np.ndarray, like: jax.Array, where: str) -> jax.Arr
   """Validated copy of a peer moment, cast to `like`'s dtype and placement."""
   if np.shape(x) != np.shape(like):
     raise ValueError(f"{where}: {name} has shape {np.shape(x)}; the param has {like.shape}.")
-  if not np.issubdtype(x.dtype, np.floating):
+  if not jnp.issubdtype(x.dtype, jnp.floating):  # numpy's floats and bfloat16 (ml_dtypes)
     raise ValueError(f"{where}: {name} has dtype {x.dtype}; a real floating dtype is needed.")
   if jnp.issubdtype(like.dtype, jnp.complexfloating):
     raise ValueError(

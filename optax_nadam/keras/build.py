@@ -115,7 +115,7 @@ def _accumulate(inner: optax.GradientTransformation, k: int) -> optax.GradientTr
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _decay_mask(patterns, params):
+def decay_mask(patterns, params):
   """True where weight decay applies: leaves whose "/"-joined path matches no pattern."""
   if not patterns:
     return jax.tree.map(lambda _: True, params)
@@ -139,7 +139,7 @@ def core_transform(config: NadamConfig) -> optax.GradientTransformation:
   inner.append(scale_by_nadam(c.beta_1, c.beta_2, c.epsilon, momentum_decay=c.schedule_decay))
   if c.weight_decay is not None:
     inner.append(optax.add_decayed_weights(
-        c.weight_decay, functools.partial(_decay_mask, c.exclude_from_weight_decay)))
+        c.weight_decay, functools.partial(decay_mask, c.exclude_from_weight_decay)))
   inner = optax.chain(*inner)
   if k > 1:
     inner = _accumulate(inner, k)

@@ -40,10 +40,11 @@ def keras_loss(model):
   """``loss(params, x, y)``: mse of the model's forward pass with trainable `params`."""
   import jax.numpy as jnp
 
-  frozen = [v.value for v in model.non_trainable_variables]
+  # Copies: the peer's train steps donate (delete) its variables' buffers.
+  frozen = [jnp.array(np.array(v.numpy(), copy=True)) for v in model.non_trainable_variables]
 
   def loss(params, x, y):
-    out, _ = model.stateless_call(list(params), frozen, x)
+    out, _ = model.stateless_call(list(params), frozen, x, training=True)
     return jnp.mean((out - y) ** 2)
 
   return loss

@@ -25,15 +25,18 @@ def _unit(name, shapes, fixed):
 
 
 def _brute_force(units, slots):
-  """Every per-layer choice of trainable counts that lines up with `slots`."""
+  """Every pairing that lines up with `slots`: a known layer's first `fixed` variables, a
+  custom layer's (fixed None) any subsequence of its variables."""
   options = []
   for _, fixed, dss in units:
-    options.append([fixed] if fixed is not None else list(range(len(dss) + 1)))
+    if fixed is not None:
+      options.append([tuple(range(fixed))] if fixed <= len(dss) else [])
+    else:
+      options.append([c for k in range(len(dss) + 1)
+                      for c in itertools.combinations(range(len(dss)), k)])
   found = []
-  for counts in itertools.product(*options):
-    picked = [d for (_, _, dss), k in zip(units, counts) if k <= len(dss) for d in dss[:k]]
-    if any(k > len(dss) for (_, _, dss), k in zip(units, counts)):
-      continue
+  for picks in itertools.product(*options):
+    picked = [dss[i] for (_, _, dss), pick in zip(units, picks) for i in pick]
     if [tuple(d[1].shape) for d in picked] == slots:
       found.append([id(d[1]) for d in picked])
   return found
@@ -46,10 +49,11 @@ def _brute_force(units, slots):
 def test_line_up_returns_the_only_assignment_or_refuses(layers, data):
   units = [_unit(f"l{i}", shapes, None if fixed is None else min(fixed, len(shapes)))
            for i, (shapes, fixed) in enumerate(layers)]
-  # Slots: a true assignment (each layer's first k variables) or a random list.
-  truth = [data.draw(st.integers(0, len(dss))) if fixed is None else fixed
-           for _, fixed, dss in units]
-  slots = [tuple(d.shape) for (_, _, dss), k in zip(units, truth) for _, d in dss[:k]]
+  # Slots: a true assignment (a custom layer's trainable variables: any subsequence)
+  # or a random list.
+  truth = [sorted(data.draw(st.sets(st.integers(0, len(dss) - 1))) if dss else [])
+           if fixed is None else list(range(fixed)) for _, fixed, dss in units]
+  slots = [tuple(dss[i][1].shape) for (_, _, dss), pick in zip(units, truth) for i in pick]
   if data.draw(st.booleans()):
     slots = data.draw(st.lists(st.sampled_from(SHAPES), max_size=6))
   found = _brute_force(units, slots)
@@ -80,9 +84,10 @@ def test_any_order_line_up_pairs_only_when_shapes_prove_it(layers, order, data):
   units = [_unit(f"l{i}", shapes, None if fixed is None else min(fixed, len(shapes)))
            for i, (shapes, fixed) in enumerate(layers)]
   truth_order = [u for u in order if u < len(units)]
-  truth = [data.draw(st.integers(0, len(units[u][2]))) if units[u][1] is None else units[u][1]
+  truth = [sorted(data.draw(st.sets(st.integers(0, len(units[u][2]) - 1))))
+           if units[u][1] is None and units[u][2] else list(range(units[u][1] or 0))
            for u in truth_order]
-  slots = [tuple(d.shape) for u, k in zip(truth_order, truth) for _, d in units[u][2][:k]]
+  slots = [tuple(units[u][2][i][1].shape) for u, pick in zip(truth_order, truth) for i in pick]
   found = _brute_force_any_order(units, slots)
   picked = keras3_layers.line_up_any_order(units, slots)
   if len(found) == 1:

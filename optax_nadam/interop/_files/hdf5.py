@@ -3,10 +3,11 @@
 import math
 from typing import Any
 
+import ml_dtypes  # a dependency of jax
 import numpy as np
 
 from optax_nadam.interop._files.budget import _few, current
-from optax_nadam.interop._files.errors import FileFormatError
+from optax_nadam.interop._files.errors import FileFormatError, text
 from optax_nadam.interop._files.limits import BUILTIN_FILTERS, MAX_H5_DEPTH, MAX_H5_OBJECTS
 
 
@@ -86,7 +87,9 @@ def read_dataset(ds: Any) -> np.ndarray:
   budget, where = current()
   dt = ds.dtype
   name = f"{where}: dataset {ds.name}"
-  if dt.kind not in "fiubV" or dt.itemsize > 8 or dt.fields is not None or dt.subdtype:
+  bfloat16 = dt.kind == "V" and dt.itemsize == 2 and text(ds.attrs.get("dtype", "")) == "bfloat16"
+  if (dt.kind not in "fiub" and not bfloat16) or dt.itemsize > 8 or dt.fields is not None or \
+      dt.subdtype:
     raise FileFormatError(f"{name} has dtype {dt}; weights and slots are numbers.")
   vet_dataset(ds, where)
   shape = tuple(int(d) for d in (ds.shape or ()))
@@ -98,7 +101,9 @@ def read_dataset(ds: Any) -> np.ndarray:
     raise FileFormatError(f"{name} declares {nbytes} bytes but stores {stored} (unwritten or "
                           "cut off); refused.")
   try:
-    return np.asarray(ds[()])  # a fresh array (a numpy scalar for shape ())
+    values = np.asarray(ds[()])  # a fresh array (a numpy scalar for shape ())
+    # Keras 3 writes bfloat16 as 2 opaque bytes with a dtype attribute (H5IOStore).
+    return values.view(ml_dtypes.bfloat16) if bfloat16 else values
   except OSError as e:
     raise FileFormatError(f"{name} cannot be read ({e}); is the file damaged?") from None
 

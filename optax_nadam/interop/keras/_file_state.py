@@ -28,6 +28,8 @@ def laid_out(layout: Optional[Layout], leaf: str, x: np.ndarray, where: str) -> 
 
 
 def not_nadam(kf: _read.KerasFile) -> ValueError:
+  if kf.unusable:
+    return ValueError(kf.unusable)
   if kf.optimizer is None:
     return ValueError(
         f"{kf.path} holds no optimizer state (saved without the optimizer, or never "
@@ -43,11 +45,13 @@ def not_nadam(kf: _read.KerasFile) -> ValueError:
 
 def build_checked(tx, params, slots, extras, hyper, config, where: str, *, sync_schedules: bool,
                   check_schedule: bool, check_hyperparams: Optional[bool],
-                  complete: bool = True) -> optax.OptState:
+                  complete: bool = True, decayed=None) -> optax.OptState:
   """`build_state`, then tx checked against the peer's config (`verify`).
 
   The Keras front is compared key by key with the peer's config; another tx
-  is probed (`_verify.check`, accumulation-aware).
+  is probed (`_verify.check`, accumulation-aware). `decayed`: per leaf, whether
+  a live peer decays it (its ``exclude_from_weight_decay``); None where the
+  source cannot say (a file), and tx's exclusions are then the caller's word.
   """
   state = build_state(tx, params, slots, extras=extras, sync_schedules=sync_schedules,
                       check_schedule=check_schedule, check_hyperparams=False)
@@ -57,11 +61,13 @@ def build_checked(tx, params, slots, extras, hyper, config, where: str, *, sync_
     return state
   if _verify.keras_front(tx):
     _verify.compare_configs(tx, config, where, complete)
+    if decayed is not None and hyper["weight_decay"]:
+      _verify.compare_decay_masks(tx, params, decayed, where)
     return state
   paths = param_paths(params)
   wheres = [f"{s.where} (params leaf {p})" for s, p in zip(slots, paths)]
   k = int(config.get("gradient_accumulation_steps") or 0) or 1
-  _verify.check(tx, state, params, _verify.hypers_for(hyper, len(paths)), wheres, k)
+  _verify.check(tx, state, params, _verify.hypers_for(hyper, len(paths), decayed), wheres, k)
   return state
 
 

@@ -5,7 +5,7 @@ from typing import Any, Dict
 from optax_nadam.interop import _files
 from optax_nadam.interop._files import FileFormatError, array, damaged, h5py_module, text
 from optax_nadam.interop.keras import _config
-from optax_nadam.interop.keras._kerasfile import KerasFile
+from optax_nadam.interop.keras._kerasfile import KerasFile, tf_keras_nadam
 
 LOSS_SCALE = "LossScaleOptimizer"
 
@@ -79,13 +79,20 @@ def _legacy_from_h5(path: str, h5: Any) -> KerasFile:
   ms = [x for x in names if x.endswith("/m:0")]
   vs = [x for x in names if x.endswith("/v:0")]
   order = [_slot_owner(path, m, weights) for m in ms]
+  if opt_cfg.get("is_legacy_optimizer") is False:
+    # tf_keras.optimizers.Nadam (saved as "Custom>Nadam"): slots "<name>/m/<weight>".
+    order = [w for w in (x.split("/m/", 1)[-1] for x in names if "/m/" in x) if w in weights]
+    if opt_name in ("Nadam", "Custom>Nadam"):
+      return KerasFile(path, "v3", "Nadam", opt_cfg, order or list(weights),
+                       [array(weights[w]) for w in order or weights], wrapper=wrapper,
+                       unusable=tf_keras_nadam(path, (
+                           "its .h5 keeps the iteration count and m, v per variable but does "
+                           "not save its u-product (tf-keras restarts it at 1.0 when it loads "
+                           "this file)")))
   if not order:  # an optimizer without m slots: every saved weight, in layer order
     order = list(weights)
   nadam = opt_name == "Nadam" and opt_cfg.get("is_legacy_optimizer", True) is not False
   shown = f"{wrapper}({opt_name})" if wrapper else opt_name
-  if opt_name == "Nadam" and not nadam:
-    shown = f"{wrapper + '(' if wrapper else ''}Nadam (tf_keras.optimizers.Nadam, not legacy)" \
-        f"{')' if wrapper else ''}"
   if not nadam or len(names) < 2 or not names[1].endswith("/momentum_cache:0"):
     return KerasFile(path, "legacy", shown, opt_cfg, order, [array(weights[w]) for w in order],
                      wrapper=wrapper)

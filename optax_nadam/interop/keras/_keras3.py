@@ -56,7 +56,8 @@ def _keras3_from_h5(path: str, config: Dict[str, Any], meta: Dict[str, Any],
                     h5: Any) -> KerasFile:
   units: List[Any] = []
   loose: List[str] = []
-  _keras3_layers.walk(h5, "", config, units, loose)
+  version = _keras3_optimizer.version(meta)
+  _keras3_layers.walk(h5, "", config, units, loose, version)
   spec = _keras3_optimizer.spec(path, config)
   opt_vars, wrapper = _keras3_optimizer.variables(h5, spec.wrapper)
   spec = spec._replace(wrapper=wrapper)
@@ -81,7 +82,6 @@ def _keras3_from_h5(path: str, config: Dict[str, Any], meta: Dict[str, Any],
     return KerasFile(path, "v3", name, opt_cfg, [p for p, _ in picked],
                      [array(d) for _, d in picked], count=0 if unbuilt else None,
                      wrapper=spec.wrapper)
-  version = _keras3_optimizer.version(meta)
   slots = _keras3_optimizer.nadam_slots(path, opt_vars, opt_cfg, version)
   shapes = [tuple(m.shape) for m in slots.m]
   if loose:

@@ -2,24 +2,33 @@
 
 Keras 3 creates the optimizer's variables in ``model.trainable_variables``
 order: each layer's own trainable variables (in creation order), then its
-sub-layers', depth first, in the order the model tracks them. The file keeps
+sub-layers', depth first, in the order the layer tracks them. The file keeps
 that order only where something in it states it:
 
 - a ``Sequential`` or ``Functional`` model saves its layers under ``layers/``
   first (``saving_lib._walk_saveable``), named by class in ``model.layers``
   order (``dense``, ``dense_1``, ...), and the config's ``layers`` list keeps
   that order: the groups are put back in it;
+- Keras's own layers that hold layers (`_SUBLAYERS`: MultiHeadAttention,
+  GroupedQueryAttention, Bidirectional) create them in an order fixed by
+  Keras, read from the source of every Keras 3 release the table covers
+  (`_CHECKED`, against ``metadata.json``'s ``keras_version``);
 - a layer with at most one child holding variables has nothing to order.
 
-Any other model or layer (a subclassed ``keras.Model``) is saved by attribute
-name, alphabetically (``sorted(dir(obj))``), while its layers are tracked in the
-order the code assigned them: the file cannot say which comes first. `walk`
-records such groups; the reader then pairs only if the shapes leave one
-pairing over every order of the layers (`line_up_any_order`), else refuses.
+Any other model or layer (a subclassed ``keras.Model``, a custom layer holding
+layers such as keras-hub's) is saved by attribute name, alphabetically, while
+its layers are tracked in the order its code created them: the file cannot say
+which comes first. `walk` records such groups; the reader then pairs only if
+the shapes leave one pairing over every order of the layers
+(`line_up_any_order`), else refuses.
 
-`line_up` picks, per layer, how many of its saved variables are trainable (a
-layer saves its trainable variables first) so that they line up with the
-optimizer's slot shapes, and refuses when more than one way fits.
+Within a layer, Keras saves the variables created trainable, then the others;
+``trainable_variables`` is the subsequence of them whose flag is set now. A
+variable's own ``trainable`` flag is not saved, so for a custom layer any
+subsequence may be the trainable one: `line_up` pairs only where the slot
+shapes leave one. A built-in layer's are the ones its class creates trainable
+(all, or a BatchNormalization's first two), unless its config says
+``trainable: false`` (then none, sublayers included).
 """
 
 import re
@@ -74,13 +83,25 @@ def _children_in_order(group: Any, cfg: Optional[Dict[str, Any]]) -> List[Tuple[
 _NOT_MODEL = ("optimizer", "compile_metrics", "compile_loss", "metrics", "loss", "_compile_loss",
               "_compile_metrics", "_loss_tracker")
 
-# Names of the saved variables of common built-in layers (for messages); all trainable.
+# Names of the saved variables of common built-in layers; all of them trainable.
 _VARIABLE_NAMES = {c: ("kernel", "bias") for c in (
     "Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
     "Conv3DTranspose", "DepthwiseConv2D")}
 _VARIABLE_NAMES["Embedding"] = ("embeddings",)
+for _cell in ("LSTMCell", "GRUCell", "SimpleRNNCell"):
+  _VARIABLE_NAMES[_cell] = ("kernel", "recurrent_kernel", "bias")
 # Built-in layers whose last saved variables are not trainable (moving statistics).
 _NON_TRAINABLE_TAIL = {"BatchNormalization": 2}
+
+# Keras's own layers that hold layers: their sublayers' attributes (leading "_" dropped:
+# 3.0 has no public properties) in the order the class creates them, which is their
+# trainable_variables order; the file writes them alphabetically. Read from
+# keras/src/layers/attention/*.py and rnn/bidirectional.py of Keras 3.0 to 3.15.
+_ATTENTION = ("query_dense", "key_dense", "value_dense", "output_dense")
+_SUBLAYERS = {"MultiHeadAttention": _ATTENTION, "GroupedQueryAttention": _ATTENTION,
+              "Bidirectional": ("forward_layer", "backward_layer")}
+_CHECKED = ((3, 0), (3, 15))  # the Keras versions whose classes `_SUBLAYERS` was read from
+_RNN_CELLS = {"LSTM": "LSTMCell", "GRU": "GRUCell", "SimpleRNN": "SimpleRNNCell"}
 
 
 def _builtin(cfg: Any) -> Optional[str]:
@@ -103,11 +124,17 @@ def _variable_names(cfg: Optional[Dict[str, Any]], n: int) -> List[str]:
   return [f"{i} ({names[i]})" if names else str(i) for i in range(n)]
 
 
-def _trainable(cfg: Any, n: int) -> Optional[int]:
-  """How many of a layer's `n` saved variables are trainable, when the config says."""
-  if not isinstance(cfg, dict) or not isinstance(cfg.get("config"), dict):
-    return None
-  if cfg["config"].get("trainable") is False:
+def _frozen(cfg: Any) -> bool:
+  return isinstance(cfg, dict) and isinstance(cfg.get("config"), dict) and \
+      cfg["config"].get("trainable") is False
+
+
+def _trainable(cfg: Any, n: int, frozen: bool) -> Optional[int]:
+  """How many of a layer's `n` saved variables are trainable (its first ones), if known.
+
+  None: a custom layer, whose trainable variables may be any of its saved ones.
+  """
+  if frozen or _frozen(cfg):
     return 0
   cls = _builtin(cfg)
   if cls in _NON_TRAINABLE_TAIL:
@@ -123,89 +150,188 @@ def _has_vars(group: Any) -> bool:
   return any(hasattr(group[k], "keys") and _has_vars(group[k]) for k in group if k != "vars")
 
 
+def _known_order(cfg: Any, version: Optional[Tuple[int, int]], children: List[Any],
+                 loose_text: List[str]) -> bool:
+  """Puts a Keras class's sublayer groups in the order the class creates them (in place).
+
+  Returns False (children untouched) for another class or a Keras version the
+  table was not read from (a note for the refusal is appended to `loose_text`).
+  """
+  cls = _builtin(cfg)
+  if cls not in _SUBLAYERS:
+    return False
+  if version is None or not _CHECKED[0] <= version <= _CHECKED[1]:
+    shown = "an unknown Keras" if version is None else f"Keras {version[0]}.{version[1]}"
+    loose_text.append(f"written by {shown}; the order {cls} creates its sublayers in was read "
+                      f"from Keras {_CHECKED[0][0]}.{_CHECKED[0][1]} to "
+                      f"{_CHECKED[1][0]}.{_CHECKED[1][1]}")
+    return False
+  order = {name: i for i, name in enumerate(_SUBLAYERS[cls])}
+  rank = lambda c: order.get(c[0].rsplit("/", 1)[-1].lstrip("_"), len(order))  # noqa: E731
+  if any(rank(c) == len(order) and _has_vars(c[1]) for c in children):
+    return False  # a sublayer with variables the table does not know
+  c = cfg.get("config") or {}
+  sub = {"forward_layer": c.get("layer"), "backward_layer": c.get("backward_layer") or
+         c.get("layer")} if cls == "Bidirectional" else {}
+  children.sort(key=rank)
+  for i, (p, g, entry, _) in enumerate(children):
+    name = p.rsplit("/", 1)[-1].lstrip("_")
+    if cls != "Bidirectional":
+      entry = {"class_name": "EinsumDense", "module": "keras.layers", "config": {}}
+    children[i] = (p, g, sub.get(name, entry), True)
+  return True
+
+
 def walk(group: Any, path: str, cfg: Optional[Dict[str, Any]], units: List[Unit],
-         loose: List[str]) -> None:
+         loose: List[str], version: Optional[Tuple[int, int]] = None,
+         frozen: bool = False) -> None:
   """Appends a `Unit` per layer in the order Keras tracks them (module docstring).
 
   Iterative over the layers of one model, recursive only in nesting depth.
   Groups whose children's order the file does not state (and that have two or
-  more children with variables) are appended to `loose`.
+  more children with variables) are appended to `loose`. `version` is the Keras
+  that wrote the file; `frozen`: an enclosing layer's config says
+  ``trainable: false``.
   """
+  frozen = frozen or _frozen(cfg)
   if "vars" in group:
     own = group["vars"]
     dss = [own[k] for k in sorted(own, key=int)]
-    units.append((f"{path}/vars" if path else "vars", _trainable(cfg, len(dss)),
+    units.append((f"{path}/vars" if path else "vars", _trainable(cfg, len(dss), frozen),
                   list(zip(_variable_names(cfg, len(dss)), dss))))
   children: List[Tuple[str, Any, Any, bool]] = []  # (path, group, config, placed by config)
   if "layers" in group:
     for name, entry in _children_in_order(group["layers"], cfg):
       children.append((f"{path}/layers/{name}".lstrip("/"), group["layers"][name], entry,
                        entry is not None))
+  attributes: List[Tuple[str, Any, Any, bool]] = []
   for key in sorted(group, key=lambda k: f"~{k}" if k.startswith("_") else k):
     if key in ("vars", "layers") or (not path and key in _NOT_MODEL):
       continue
     if hasattr(group[key], "keys"):
-      children.append((f"{path}/{key}".lstrip("/"), group[key], None, False))
+      cell = _RNN_CELLS.get(_builtin(cfg)) if key == "cell" else None
+      entry = {"class_name": cell, "module": "keras.layers", "config": {}} if cell else None
+      attributes.append((f"{path}/{key}".lstrip("/"), group[key], entry, False))
+  notes: List[str] = []
+  _known_order(cfg, version, attributes, notes)
+  children.extend(attributes)
   holding = [c for c in children if _has_vars(c[1])]
   if len(holding) > 1 and not all(placed for _, _, _, placed in holding):
     kind = cfg.get("class_name") if isinstance(cfg, dict) else None
-    loose.append(f"{path or 'the model'} ({kind or 'a subclassed model or layer'}: "
+    loose.append(f"{path or 'the model'} ({kind or 'a subclassed model or layer'}"
+                 f"{', ' + notes[0] if notes else ''}: "
                  f"{[p.rsplit('/', 1)[-1] for p, _, _, _ in holding][:8]})")
   for child_path, child, entry, _ in children:
-    walk(child, child_path, entry, units, loose)
+    walk(child, child_path, entry, units, loose, version, frozen)
 
 
-def _choices(unit: Unit, s: int, shapes: List[Tuple[int, ...]]) -> List[int]:
-  """How many of the unit's variables can be the trainable ones from slot s on."""
+Choices = Dict[int, Tuple[int, Tuple[int, ...]]]
+
+
+def _is_float(ds: Any) -> bool:
+  """A float dataset (Keras writes bfloat16 as 2 opaque bytes with a ``dtype`` attribute)."""
+  return ds.dtype.kind == "f" or (ds.dtype.kind == "V" and ds.dtype.itemsize == 2 and
+                                  getattr(ds, "attrs", {}).get("dtype") == "bfloat16")
+
+
+def _choices(unit: Unit, s: int, shapes: List[Tuple[int, ...]]) -> Choices:
+  """The unit's variables that can be the trainable ones for the slots from `s` on.
+
+  ``{k: (ways, pick)}``: in how many ways (capped at 2) k of the unit's saved
+  variables, in their order, fit ``shapes[s:s + k]``, and one such pick
+  (indices). A known layer takes its first `fixed`; a custom layer any
+  subsequence (counted by dynamic programming over (variable, slot)).
+  """
   _, fixed, dss = unit
-  k = 0
-  while (k < len(dss) and s + k < len(shapes) and dss[k][1].dtype.kind == "f"
-         and tuple(dss[k][1].shape) == shapes[s + k]):
-    k += 1
-  return list(range(k + 1)) if fixed is None else [fixed] if fixed <= k else []
+  room = len(shapes) - s
+
+  def fits(i: int, j: int) -> bool:
+    return _is_float(dss[i][1]) and tuple(dss[i][1].shape) == shapes[s + j]
+
+  if fixed is not None:
+    ok = fixed <= min(len(dss), room) and all(fits(i, i) for i in range(fixed))
+    return {fixed: (1, tuple(range(fixed)))} if ok else {}
+  top = min(len(dss), room)
+  table = [[1] + [0] * top]  # table[i][j]: ways to fit shapes[s:s+j] with dss[:i]
+  for i in range(len(dss)):
+    prev = table[-1]
+    table.append([1] + [min(prev[j] + (prev[j - 1] if fits(i, j - 1) else 0), 2)
+                        for j in range(1, top + 1)])
+  out: Choices = {}
+  for k in range(top + 1):
+    if table[-1][k]:
+      pick, j = [], k
+      for i in range(len(dss), 0, -1):
+        if j and fits(i - 1, j - 1) and table[i - 1][j - 1]:
+          pick.append(i - 1)
+          j -= 1
+      out[k] = (table[-1][k], tuple(reversed(pick)))
+  return out
+
+
+_FIX = (
+    "Rebuild the model from its code in Keras, compile it with the same Nadam, build the "
+    "optimizer and restore the file into it: model.compile(keras.optimizers.Nadam(...), loss); "
+    "model.optimizer.build(model.trainable_variables); model.load_weights(path) (weights "
+    "and the Nadam's state, paired by Keras itself); then resume_from_keras(model, like), "
+    "which pairs by variable identity. (keras.saving.load_model(path) does the same for "
+    "models whose compile() keeps the saved optimizer; keras-hub tasks compile a fresh one.)")
+
+
+def _listing(units: List[Unit], which: List[int]) -> str:
+  return ", ".join(f"{units[u][0]} {[tuple(d.shape) for _, d in units[u][2]]}"
+                   for u in which[:6]) + (" ..." if len(which) > 6 else "")
 
 
 def line_up(units: List[Unit], shapes: List[Tuple[int, ...]], path: str) -> List[Tuple[str, Any]]:
   """Each layer's trainable variables, lined up with the optimizer's slot `shapes`.
 
-  A layer saves its trainable variables first (``vars/0``, ...), then the others
-  (a BatchNormalization's moving statistics); the optimizer's slots follow the
-  trainable ones in order. Each layer takes the number of variables the config
-  states, or (custom layers) any number that lines the shapes up; exactly one
-  way must fit. Dynamic programming over (layer, slot): no recursion, any depth.
+  The optimizer's slots follow the layers' trainable variables in order; each
+  layer contributes the ones `_choices` allows. Exactly one way must fit.
+  Dynamic programming over (layer, slot): no recursion, any depth.
 
   Raises:
-    FileFormatError: no way, or more than one way, fits.
+    FileFormatError: no way, or more than one way, fits (naming the layers
+      that can be paired more than one way).
   """
   n_units, n = len(units), len(shapes)
+  options: List[Dict[int, Choices]] = [dict() for _ in range(n_units)]
+  reach = [{0}]
+  for u in range(n_units):
+    for s in reach[u]:
+      options[u][s] = _choices(units[u], s, shapes)
+    reach.append({s + k for s in reach[u] for k in options[u][s]})
   # ways[u][s]: in how many ways units[u:] line up with shapes[s:] (capped at 2).
   ways: List[Dict[int, int]] = [dict() for _ in range(n_units + 1)]
   ways[n_units][n] = 1
-  reach = [{0}]
-  for u in range(n_units):
-    reach.append({s + k for s in reach[u] for k in _choices(units[u], s, shapes)})
   for u in range(n_units - 1, -1, -1):
     for s in reach[u]:
-      total = sum(ways[u + 1].get(s + k, 0) for k in _choices(units[u], s, shapes))
+      total = sum(c * ways[u + 1].get(s + k, 0) for k, (c, _) in options[u][s].items())
       if total:
         ways[u][s] = min(total, 2)
-  listing = [(p, [tuple(d.shape) for _, d in dss]) for p, _, dss in units]
   if not ways[0].get(0):
+    listing = [(p, [tuple(d.shape) for _, d in dss]) for p, _, dss in units]
     raise FileFormatError(
         f"{path}: the layers' saved variables {listing[:12]}{' ...' if n_units > 12 else ''} "
-        f"cannot be lined up with the optimizer's {n} slot shapes {shapes[:24]}.")
+        f"cannot be lined up with the optimizer's {n} slot shapes {shapes[:24]} (a built-in "
+        "layer's variable frozen by its own trainable flag, which Keras does not save, would "
+        f"do that). {_FIX}")
   if ways[0][0] > 1:
+    # The layers that take part in more than one of the fitting pairings.
+    ambiguous = [u for u in range(n_units) if sum(
+        min(c, 2) for s in reach[u] if ways[u].get(s)
+        for k, (c, _) in options[u][s].items() if ways[u + 1].get(s + k)) > 1]
     raise FileFormatError(
         f"{path}: the layers' saved variables can be lined up with the optimizer's {n} slots "
-        "in more than one way (custom layers whose config does not say which of their "
-        "variables are trainable, with equal shapes), so which moment belongs to which "
-        "weight is not proven. Load the model in Keras and pass it: resume_from_keras(model, "
-        "like), or state_from_keras(model.optimizer, tx, params, "
-        "var_list=model.trainable_variables).")
+        f"in more than one way: {_listing(units, ambiguous)}. Keras saves every variable of "
+        "a layer but not which of its saved variables are trainable now (a custom layer's; "
+        "a variable's own trainable flag, set after it was created, is not in the file), "
+        "and their shapes fit more than one choice, so which moment belongs to which weight "
+        f"is not proven. {_FIX}")
   out, s = [], 0
   for u, (upath, _, dss) in enumerate(units):
-    k = next(k for k in _choices(units[u], s, shapes) if ways[u + 1].get(s + k))
-    out.extend((f"{upath}/{name}", d) for name, d in dss[:k])
+    k, (_, pick) = next((k, o) for k, o in options[u][s].items() if ways[u + 1].get(s + k))
+    out.extend((f"{upath}/{dss[i][0]}", dss[i][1]) for i in pick)
     s += k
   return out
 
@@ -233,6 +359,12 @@ def line_up_any_order(units: List[Unit], shapes: List[Tuple[int, ...]]
     return None
   must = sum(1 << u for u, (_, fixed, _) in enumerate(units) if fixed not in (None, 0))
   memo: Dict[Tuple[int, int], int] = {}
+  cache: Dict[Tuple[int, int], Choices] = {}
+
+  def options(u: int, s: int) -> Choices:
+    if (u, s) not in cache:
+      cache[(u, s)] = _choices(units[u], s, shapes)
+    return cache[(u, s)]
 
   def ways(s: int, used: int) -> int:  # pairings of shapes[s:] with unused layers, capped at 2
     if s == n:
@@ -243,8 +375,8 @@ def line_up_any_order(units: List[Unit], shapes: List[Tuple[int, ...]]
       total = 0
       for u in range(n_units):
         if not used >> u & 1:
-          for k in _choices(units[u], s, shapes):
-            total += ways(s + k, used | 1 << u) if k else 0
+          for k, (c, _) in options(u, s).items():
+            total += c * ways(s + k, used | 1 << u) if k else 0
             if total >= 2:
               break
         if total >= 2:
@@ -259,9 +391,9 @@ def line_up_any_order(units: List[Unit], shapes: List[Tuple[int, ...]]
     return None
   out, s, used = [], 0, 0
   while s < n:
-    u, k = next((u, k) for u in range(n_units) if not used >> u & 1
-                for k in _choices(units[u], s, shapes) if k and ways(s + k, used | 1 << u))
-    out.extend((f"{units[u][0]}/{name}", d) for name, d in units[u][2][:k])
+    u, k, pick = next((u, k, o[1]) for u in range(n_units) if not used >> u & 1
+                      for k, o in options(u, s).items() if k and ways(s + k, used | 1 << u))
+    out.extend((f"{units[u][0]}/{units[u][2][i][0]}", units[u][2][i][1]) for i in pick)
     s, used = s + k, used | 1 << u
   return out
 
@@ -269,12 +401,10 @@ def line_up_any_order(units: List[Unit], shapes: List[Tuple[int, ...]]
 def unordered(path: str, loose: List[str]) -> FileFormatError:
   """The refusal for a file whose layers' order is not stated (a subclassed model)."""
   return FileFormatError(
-      f"{path}: {loose[0]} saves its layers by attribute name (Keras 3 writes a subclassed "
-      "model's layers in alphabetical order of their attributes), but the optimizer holds "
-      "their variables in model.trainable_variables order (the order the code assigned the "
-      "layers); nothing in the file pairs the two, and the variables' shapes fit more than "
-      "one order of the layers (or none). Pairing by position could put moments on the "
-      "wrong weights, so this file is refused. Either load the model in Keras "
-      "(keras.saving.load_model, with its class importable) and pass the live model: "
-      "resume_from_keras(model, like) pairs by variable identity; or save a Functional or "
-      "Sequential model, whose .keras file lists its layers in order.")
+      f"{path}: {loose[0]} holds layers whose order the file does not record. Keras 3 "
+      "writes a model's or layer's sublayers in the order of their attribute names, except "
+      "a Sequential's or Functional's layers (the config lists them) and those of Keras's "
+      "own MultiHeadAttention, GroupedQueryAttention and Bidirectional (their order is "
+      "Keras's); the optimizer holds their variables in the order the code created them. "
+      "The variables' shapes fit more than one order of the layers (or none), and pairing "
+      f"by position could put moments on the wrong weights, so this file is refused. {_FIX}")

@@ -13,6 +13,11 @@ import numpy as np
 from optax_nadam.interop._state import PeerExtras, PeerSlot, param_paths, to_scalar
 from optax_nadam.interop.keras import _hyper
 from optax_nadam.interop.keras._file_state import build_checked, laid_out
+from optax_nadam.interop.keras._kerasfile import (
+  schedule_product,
+  tf_keras_nadam,
+  u_product_is_nadams,
+)
 
 
 def mro_names(obj: Any) -> List[str]:
@@ -154,6 +159,22 @@ def live_weights(source: Any) -> Any:
   return "source", [var_name(v) for v in variables], [value(v) for v in variables]
 
 
+def decayed(optimizer: Any, var_list: Optional[Sequence[Any]]) -> Optional[List[bool]]:
+  """Per model variable, whether a Keras 3 / tf_keras Nadam applies its weight decay.
+
+  Keras keeps ``exclude_from_weight_decay`` in the optimizer, not in its config:
+  asked per variable (``_use_weight_decay``). None without weight decay.
+  """
+  optimizer = unwrap(optimizer)
+  if not getattr(optimizer, "weight_decay", None) or not hasattr(optimizer, "_use_weight_decay"):
+    return None
+  variables = var_list if var_list is not None else getattr(optimizer, "_trainable_variables",
+                                                            None)
+  if variables is None:
+    return None
+  return [bool(optimizer._use_weight_decay(v)) for v in variables]
+
+
 def live_state(source: Any, tx: Any, params: Any, var_list: Optional[Sequence[Any]],
                layout: Any, sync_schedules: bool = True, check_schedule: bool = True,
                check_hyperparams: Optional[bool] = None) -> Any:
@@ -187,6 +208,11 @@ def live_state(source: Any, tx: Any, params: Any, var_list: Optional[Sequence[An
           "LossScaleOptimizer under the JAX backend does not carry it through the train "
           "step), so its steps are not Nadam's and cannot be continued. params_from_keras "
           "reads the weights.")
+    if built and hasattr(optimizer, "_u_product_counter") and not u_product_is_nadams(
+        float(mu_product), b1, count):
+      raise ValueError(tf_keras_nadam("The live optimizer", (
+          f"its u-product is {float(mu_product):.3g} where Nadam's momentum schedule gives "
+          f"{schedule_product(b1, count):.3g} after {count} steps")))
     pairs = v3_slot_vars(optimizer, n, var_list) if built else None
     extras = v3_extras(optimizer, n, var_list, count) if built else PeerExtras()
     k = int(config.get("gradient_accumulation_steps") or 0)
@@ -211,4 +237,5 @@ def live_state(source: Any, tx: Any, params: Any, var_list: Optional[Sequence[An
     extras = extras._replace(accumulators=each(extras.accumulators), ema=each(extras.ema))
   return build_checked(tx, params, slots, extras, hyper, config, "the Keras optimizer",
                        sync_schedules=sync_schedules, check_schedule=check_schedule,
-                       check_hyperparams=check_hyperparams)
+                       check_hyperparams=check_hyperparams,
+                       decayed=decayed(optimizer, var_list) if kind != "legacy" else None)

@@ -7,14 +7,16 @@ stored ``decay`` for tf-keras legacy), clipping, weight decay, EMA and
 gradient accumulation. The state is filled from the same read of the file.
 """
 
+import re
 from typing import Any, Dict, Optional, Tuple
 
 import optax
 
+from optax_nadam import _tree
 from optax_nadam.interop import _files
 from optax_nadam.interop.keras import _read, _verify, _weights
 from optax_nadam.interop.keras._file_state import Layout, file_state, not_nadam
-from optax_nadam.interop.keras._live import live_state, live_weights, unwrap
+from optax_nadam.interop.keras._live import decayed, live_state, live_weights, unwrap
 
 # What a TF checkpoint does not store, and a caller's config must state.
 _CHECKPOINT_NEEDS = ("epsilon",)
@@ -56,8 +58,9 @@ def tx_from_config(config: Dict[str, Any], where: str,
           f"and decay (its variables) but not {', '.join(missing)} or clipping (Python "
           "attributes), so the optimizer that continues the run is not known. Pass the "
           "peer's config: resume_from_keras(path, like, config=optimizer.get_config()), or "
-          "at least config={'epsilon': ...} (tf-keras's default is 1e-07); or resume from "
-          "a model.save('x.h5') / SavedModel file, which stores the whole config.")
+          "at least config={'epsilon': ...} (tf-keras's default is 1e-07); or save the model "
+          "with model.save('x.h5') or model.save(directory) (a SavedModel with its "
+          "keras_metadata.pb), which store the whole config.")
   try:
     return Nadam.from_config(merged)
   except (TypeError, ValueError) as e:
@@ -72,6 +75,16 @@ def resume_file(path: Any, like: Any, layout: Optional[Layout],
   if kf.optimizer != "Nadam" or (kf.m is None and kf.count != 0):
     raise not_nadam(kf)
   where = f"{kf.path}{f' ({kf.wrapper})' if kf.wrapper else ''}"
+  decay = kf.config.get("weight_decay")
+  if kf.kind == "v3" and decay and "exclude_from_weight_decay" not in (config or {}):
+    raise ValueError(
+        f"{where}: the Nadam has weight_decay {decay:g}, which Keras applies to every "
+        "variable but those its code excluded with optimizer.exclude_from_weight_decay(...), "
+        "and exclude_from_weight_decay is not saved in the file (nor in get_config()), so "
+        "which params leaves the run decayed is not known. State it: "
+        "config={'exclude_from_weight_decay': []} if nothing was excluded, else the regexes "
+        "of the excluded leaves, searched in the '/'-joined params leaf paths (like's "
+        f"leaves: {_tree.leaf_names(like)[:12]}).")
   complete = "epsilon" in kf.config
   tx = tx_from_config(kf.config, where, config, complete)
   params = _weights.place(kf.path, kf.names, kf.weights, like, layout)
@@ -89,9 +102,14 @@ def resume_live(model: Any, like: Any, layout: Optional[Layout],
     raise TypeError(
         f"source is a {type(model).__name__}; resume_from_keras reads a file path or a "
         "compiled Keras model (with .optimizer and .trainable_variables).")
-  tx = tx_from_config(dict(unwrap(optimizer).get_config()), "the Keras model's optimizer",
-                      config)
   variables = list(model.trainable_variables)
+  peer = dict(unwrap(optimizer).get_config())
+  flags = decayed(optimizer, variables)
+  if flags is not None:  # the live optimizer's exclusions, as exact leaf paths
+    names = _tree.leaf_names(like)
+    peer["exclude_from_weight_decay"] = [f"^{re.escape(n)}$" for n, f in zip(names, flags)
+                                         if not f]
+  tx = tx_from_config(peer, "the Keras model's optimizer", config)
   params = _weights.place(*live_weights(variables), like, layout)
   state = live_state(optimizer, tx, params, variables, layout, check_hyperparams=False)
   return params, tx, state

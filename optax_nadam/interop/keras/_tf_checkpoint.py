@@ -27,13 +27,19 @@ are in a checkpoint: ``learning_rate``, ``beta_1``, ``beta_2`` and ``decay``
 import glob
 import os
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
 from optax_nadam.interop import _files
 from optax_nadam.interop._files import FileFormatError
-from optax_nadam.interop.keras._kerasfile import KerasFile
+from optax_nadam.interop.keras import _config
+from optax_nadam.interop.keras._kerasfile import (
+  KerasFile,
+  schedule_product,
+  u_product_is_nadams,
+)
+from optax_nadam.interop.keras._kerasfile import tf_keras_nadam as tf_keras_nadam_text
 
 _GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _HYPER = ("learning_rate", "beta_1", "beta_2", "decay", "epsilon")
@@ -117,7 +123,83 @@ def read(path: str, budget: Optional[_files.Budget] = None) -> KerasFile:
     raise FileNotFoundError(f"{path}: no TF checkpoint (no {prefix}.index).")
   size = _vet_files(path, prefix)
   with _files.reading(budget or _files.Budget.of_file(size), path) as limit:
-    return _read(path, prefix, limit)
+    kf = _read(path, prefix, limit)
+  saved_model = os.path.join("variables", "variables")
+  if kf.optimizer != "Nadam" or kf.kind != "legacy" or not prefix.endswith(saved_model):
+    return kf
+  saved = saved_model_optimizer(path, prefix[:-len(saved_model)])
+  if saved is None:
+    return kf
+  if _config.optimizer_name(saved) == "LossScaleOptimizer":
+    saved = (saved.get("config") or {}).get("inner_optimizer") or {}
+  if _config.optimizer_name(saved) != "Nadam" or not isinstance(saved.get("config"), dict):
+    raise FileFormatError(f"{path}: keras_metadata.pb names the optimizer {saved!r}, but the "
+                          "checkpoint holds a legacy Nadam's variables.")
+  # The variables hold the values the run used last; the metadata the rest (epsilon, clipping).
+  return kf._replace(config={**saved["config"], **kf.config})
+
+
+def _varint(data: bytes, i: int) -> Tuple[int, int]:
+  value = shift = 0
+  while True:
+    if i >= len(data) or shift > 63:
+      raise FileFormatError("a protobuf varint runs past its message")
+    b = data[i]
+    value |= (b & 0x7F) << shift
+    i, shift = i + 1, shift + 7
+    if b < 0x80:
+      return value, i
+
+
+def _fields(data: bytes) -> List[Tuple[int, Any]]:
+  """A protobuf message's (field number, value): varints as ints, the rest as bytes."""
+  out, i = [], 0
+  while i < len(data):
+    key, i = _varint(data, i)
+    number, wire = key >> 3, key & 7
+    if wire == 0:
+      value, i = _varint(data, i)
+    elif wire in (1, 2, 5):
+      size = 8 if wire == 1 else 4
+      if wire == 2:
+        size, i = _varint(data, i)
+      if i + size > len(data):
+        raise FileFormatError("a protobuf field runs past its message")
+      value, i = data[i:i + size], i + size
+    else:
+      raise FileFormatError(f"protobuf wire type {wire} is not in a SavedMetadata message")
+    out.append((number, value))
+  return out
+
+
+def saved_model_optimizer(path: str, directory: str) -> Optional[Dict[str, Any]]:
+  """The optimizer config tf-keras saved in a SavedModel's ``keras_metadata.pb``, or None.
+
+  ``keras_metadata.pb`` is a ``SavedMetadata`` message: ``nodes`` (field 1), each
+  with ``node_path`` (3) and ``metadata`` (5, JSON); the ``root`` node's JSON has
+  ``training_config.optimizer_config`` when the model was compiled. Read by a
+  bounded wire-format walk (no protobuf classes, nothing imported by name).
+  """
+  meta = os.path.join(directory, "keras_metadata.pb")
+  if _files.stat_path(meta) is None:
+    return None
+  where = f"{path}: keras_metadata.pb"
+  data = _files.read_small(meta, _files.MAX_JSON_BYTES, "a SavedModel's keras_metadata.pb")
+  try:
+    nodes = [dict(_fields(node)) for number, node in _fields(data)
+             if number == 1 and isinstance(node, bytes)]
+  except FileFormatError as e:
+    raise FileFormatError(f"{where}: {e}; is it damaged?") from None
+  for node in nodes:
+    if node.get(3) == b"root" and isinstance(node.get(5), bytes):
+      root = _files.load_json(node[5], where)
+      training = root.get("training_config") if isinstance(root, dict) else None
+      if training is None:
+        return None
+      _config.check_training_config(training, where)
+      opt = training.get("optimizer_config")
+      return opt if isinstance(opt, dict) else None
+  return None
 
 
 def _read(path: str, prefix: str, budget: _files.Budget) -> KerasFile:
@@ -156,8 +238,23 @@ def _read(path: str, prefix: str, budget: _files.Budget) -> KerasFile:
   if len(optimizers) > 1:
     raise FileFormatError(f"{path} holds {len(optimizers)} optimizers; expected one.")
   if not optimizers:
-    ids = _variables_in_order(graph)
-    return KerasFile(path, "legacy", None, {}, [key(i) for i in ids], [value(i) for i in ids])
+    # tf_keras.optimizers.Nadam (not legacy) keeps its moments in lists, not slots.
+    tf_keras_nadam = [i for i, n in enumerate(graph.nodes) if {"_u_product", "_momentums"} <= {
+        c.local_name for c in n.children}]
+    ids = _variables_in_order(graph, set(tf_keras_nadam))
+    weights = [key(i) for i in ids], [value(i) for i in ids]
+    if not tf_keras_nadam:
+      return KerasFile(path, "legacy", None, {}, *weights)
+    children = {c.local_name: c.node_id for c in graph.nodes[tf_keras_nadam[0]].children}
+    count = int(value(children["_iterations"])) if "_iterations" in children else 0
+    u = float(value(children["_u_product"]))
+    p = schedule_product(0.9, count)
+    why = (f"its u-product is {u:.3g} where Nadam's momentum schedule gives {p:.3g} after "
+           f"{count} steps (with tf-keras's default beta_1 0.9; the checkpoint does not store "
+           "beta_1)" if not u_product_is_nadams(u, 0.9, count) else
+           f"its u-product ({u:.3g}) is the schedule's, but the checkpoint numbers its moments "
+           "without linking them to their variables")
+    return KerasFile(path, "v3", "Nadam", {}, *weights, unusable=tf_keras_nadam_text(path, why))
   node = graph.nodes[optimizers[0]]
   children = {c.local_name: c.node_id for c in node.children}
   wrapper = "LossScaleOptimizer" if "loss_scale" in children else None
@@ -229,9 +326,12 @@ def _model_order(path: str, graph: Any, optimizer: int, originals: List[int]) ->
   return order
 
 
-def _variables_in_order(graph: Any) -> List[int]:
-  """Variable nodes reachable from the root, breadth-first, skipping ``save_counter``."""
-  seen, order, queue = {0}, [], [0]
+def _variables_in_order(graph: Any, skip: Set[int]) -> List[int]:
+  """Variable nodes reachable from the root, breadth-first, skipping ``save_counter``.
+
+  `skip`: nodes not to enter (an optimizer without slot variables).
+  """
+  seen, order, queue = {0} | set(skip), [], [0]
   while queue:
     i = queue.pop(0)
     node = graph.nodes[i]

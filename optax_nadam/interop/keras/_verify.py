@@ -10,7 +10,7 @@ of the Nadam whatever the peer's position in its cycle (`check`).
 
 import math
 import numbers
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +62,9 @@ def compare_configs(tx: Any, peer_config: Dict[str, Any], where: str,
 
   peer = Nadam.from_config(dict(peer_config)).get_config()
   ours = tx.get_config()
-  skip = {"name"} | (set() if complete else set(_UNSTATED_IN_CHECKPOINTS))
+  # Keras does not put its weight-decay exclusions in get_config(): compared as masks.
+  skip = {"name", "exclude_from_weight_decay"} | (
+      set() if complete else set(_UNSTATED_IN_CHECKPOINTS))
   differ = [k for k in peer if k not in skip and not _same(peer[k], ours.get(k))]
   if differ:
     listing = "; ".join(f"{k}: the peer has {peer[k]!r}, tx has {ours.get(k)!r}"
@@ -122,6 +124,29 @@ def check(tx: Any, state: Any, params: Any, hypers: Sequence[PeerHyperparams],
   check_step(tx, state, params, hypers, list(where))
 
 
-def hypers_for(hyper: Dict[str, Any], n: int) -> List[PeerHyperparams]:
-  """One `PeerHyperparams` per params leaf from a `hyper.hyperparams` dict."""
-  return [PeerHyperparams(**hyper)] * n
+def hypers_for(hyper: Dict[str, Any], n: int,
+               decayed: Optional[Sequence[bool]] = None) -> List[PeerHyperparams]:
+  """One `PeerHyperparams` per params leaf from a `hyper.hyperparams` dict.
+
+  `decayed`: per leaf, whether the peer applies its weight decay (its
+  ``exclude_from_weight_decay``); None: every leaf.
+  """
+  if decayed is None:
+    return [PeerHyperparams(**hyper)] * n
+  return [PeerHyperparams(**{**hyper, "weight_decay": hyper["weight_decay"] if d else 0.0})
+          for d in decayed]
+
+
+def compare_decay_masks(tx: Any, params: Any, decayed: Sequence[bool], where: str) -> None:
+  """Raises unless the Keras front `tx` decays exactly the leaves the live peer decays."""
+  from optax_nadam.keras.build import decay_mask
+
+  ours = jax.tree.leaves(decay_mask(tx.get_config()["exclude_from_weight_decay"], params))
+  if [bool(x) for x in ours] != [bool(d) for d in decayed]:
+    names = _tree.leaf_names(params)
+    show = lambda flags: [n for n, f in zip(names, flags) if not f][:8]  # noqa: E731
+    raise ValueError(
+        f"{where}: tx's weight decay excludes params leaves {show(ours)}, the peer's "
+        f"exclude_from_weight_decay excludes {show(decayed)}. The tx that continues the run: "
+        "resume_from_keras(model, like) builds it; or Nadam(..., exclude_from_weight_decay="
+        "[regexes of those leaf paths]).")
