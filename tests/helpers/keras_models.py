@@ -158,7 +158,7 @@ def random_model(keras, draw):
     inner = [one(depth + 1) for _ in range(draw(st.integers(1, 2)))]
     return keras.Sequential(inner)
 
-  body = [one(0) for _ in range(draw(st.integers(1, 4)))]
+  body = [one(0) for _ in range(draw(st.integers(0, 3)))] + [layers.Dense(WIDTH)]
   top = draw(st.sampled_from(["sequential", "functional", "subclassed"]))
   if top == "sequential":
     model = keras.Sequential([keras.Input((3, WIDTH)), *body])

@@ -10,7 +10,7 @@ within 1e-5, or refused with a message whose fix, applied here, resumes it.
 import numpy as np
 import optax
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from optax_nadam.interop import params_from_keras, resume_from_keras, state_to_keras
@@ -253,11 +253,12 @@ _PROPERTY = dict(deadline=None, suppress_health_check=list(HealthCheck))
 @settings(max_examples=2, **_PROPERTY)
 @given(st.data())
 def test_random_models_pair_truly_or_are_refused(tmp_path_factory, data):
-  _property(tmp_path_factory, data)
+  event(_property(tmp_path_factory, data))
 
 
 @pytest.mark.slow
 @settings(max_examples=40, **_PROPERTY)
 @given(st.data())
 def test_random_models_pair_truly_or_are_refused_many(tmp_path_factory, data):
-  _property(tmp_path_factory, data)
+  # --hypothesis-show-statistics prints how many were paired and how many refused.
+  event(_property(tmp_path_factory, data))

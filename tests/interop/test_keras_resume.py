@@ -71,8 +71,9 @@ def _like(arrays):
 RUNS = {
     # case: (file, weights after the peer's 20 more steps, 4-wide data, resume kwargs)
     "keras3_custom_layer": ("k3.keras", "k3_after.npz", False, {}),
-    "keras3_ema_schedule_decay_mid_accumulation_1_of_3": (
-        "k3_ema.keras", "k3_ema_after.npz", False, {}),
+    "keras3_ema_schedule_decay_mid_accumulation_1_of_3": (  # weight decay, nothing excluded
+        "k3_ema.keras", "k3_ema_after.npz", False,
+        {"config": {"exclude_from_weight_decay": []}}),
     "keras3_clipnorm_mid_accumulation_2_of_3": ("k3_acc2.keras", "k3_acc2_after.npz", False, {}),
     "keras3_functional_nested_equal_shapes": (
         "k3_nested.keras", "k3_nested_after.npz", True, {}),

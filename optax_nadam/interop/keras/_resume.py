@@ -75,6 +75,8 @@ def resume_file(path: Any, like: Any, layout: Optional[Layout],
   if kf.optimizer != "Nadam" or (kf.m is None and kf.count != 0):
     raise not_nadam(kf)
   where = f"{kf.path}{f' ({kf.wrapper})' if kf.wrapper else ''}"
+  if kf.unusable:
+    raise ValueError(kf.unusable)
   decay = kf.config.get("weight_decay")
   if kf.kind == "v3" and decay and "exclude_from_weight_decay" not in (config or {}):
     raise ValueError(
