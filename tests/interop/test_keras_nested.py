@@ -120,6 +120,8 @@ def _transformer(keras):
   # No biases: the key bias's gradient is 0 in exact arithmetic (softmax ignores it), so
   # its trajectory is float rounding noise, 2.6e-3 apart after 20 steps in any two runs.
   h = layers.MultiHeadAttention(num_heads=2, key_dim=4, use_bias=False)(inputs, inputs)
+  h = layers.GroupQueryAttention(head_dim=4, num_query_heads=2, num_key_value_heads=2,
+                                 use_bias=False)(h, h)
   h = layers.LayerNormalization()(h + inputs)
   h = layers.Bidirectional(layers.LSTM(4, return_sequences=True))(h)  # forward, backward
   h = layers.Bidirectional(layers.GRU(4))(h)
@@ -141,7 +143,8 @@ def test_multi_head_attention_and_bidirectional_resume(tmp_path):
   params, _, state = resume_from_keras(path, _like(model))
   _assert_true_pairing(params, state, km.truth(model))
   resumed, fresh = _continues(model, path, x, y)
-  print(f"\nMultiHeadAttention + Bidirectional(LSTM, GRU): gap {resumed:.2e}, fresh {fresh:.2e}")
+  print(f"\nMultiHeadAttention, GroupQueryAttention, Bidirectional(LSTM, GRU): gap "
+        f"{resumed:.2e}, fresh {fresh:.2e}")
   assert resumed <= TOL < 30 * TOL < fresh
 
 

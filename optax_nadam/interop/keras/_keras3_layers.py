@@ -10,7 +10,7 @@ that order only where something in it states it:
   order (``dense``, ``dense_1``, ...), and the config's ``layers`` list keeps
   that order: the groups are put back in it;
 - Keras's own layers that hold layers (`_SUBLAYERS`: MultiHeadAttention,
-  GroupedQueryAttention, Bidirectional) create them in an order fixed by
+  GroupQueryAttention, Bidirectional) create them in an order fixed by
   Keras, read from the source of every Keras 3 release the table covers
   (`_CHECKED`, against ``metadata.json``'s ``keras_version``);
 - a layer with at most one child holding variables has nothing to order.
@@ -70,7 +70,8 @@ def _children_in_order(group: Any, cfg: Optional[Dict[str, Any]]) -> List[Tuple[
   if entries is not None:
     used: Dict[str, int] = {}
     for entry in entries:
-      stem = _snake(str(entry.get("class_name", ""))) if isinstance(entry, dict) else ""
+      cls = str(entry.get("class_name", "")) if isinstance(entry, dict) else ""
+      stem = _snake(_PYTHON_CLASS.get(cls, cls))
       used[stem] = used.get(stem, -1) + 1
       name = stem if used[stem] == 0 else f"{stem}_{used[stem]}"
       if name in group:
@@ -79,6 +80,9 @@ def _children_in_order(group: Any, cfg: Optional[Dict[str, Any]]) -> List[Tuple[
   rest = sorted((k for k in group if k not in seen), key=_natural)
   return order + [(k, None) for k in rest]
 
+
+# The h5 names a layer's group after its Python class; the config has its exported name.
+_PYTHON_CLASS = {"GroupQueryAttention": "GroupedQueryAttention"}
 
 _NOT_MODEL = ("optimizer", "compile_metrics", "compile_loss", "metrics", "loss", "_compile_loss",
               "_compile_metrics", "_loss_tracker")
@@ -98,8 +102,8 @@ _NON_TRAINABLE_TAIL = {"BatchNormalization": 2}
 # trainable_variables order; the file writes them alphabetically. Read from
 # keras/src/layers/attention/*.py and rnn/bidirectional.py of Keras 3.0 to 3.15.
 _ATTENTION = ("query_dense", "key_dense", "value_dense", "output_dense")
-_SUBLAYERS = {"MultiHeadAttention": _ATTENTION, "GroupedQueryAttention": _ATTENTION,
-              "Bidirectional": ("forward_layer", "backward_layer")}
+_SUBLAYERS = {"MultiHeadAttention": _ATTENTION, "GroupQueryAttention": _ATTENTION,
+              "Bidirectional": ("forward_layer", "backward_layer")}  # configs name GQA so
 _CHECKED = ((3, 0), (3, 15))  # the Keras versions whose classes `_SUBLAYERS` was read from
 _RNN_CELLS = {"LSTM": "LSTMCell", "GRU": "GRUCell", "SimpleRNN": "SimpleRNNCell"}
 
@@ -404,7 +408,7 @@ def unordered(path: str, loose: List[str]) -> FileFormatError:
       f"{path}: {loose[0]} holds layers whose order the file does not record. Keras 3 "
       "writes a model's or layer's sublayers in the order of their attribute names, except "
       "a Sequential's or Functional's layers (the config lists them) and those of Keras's "
-      "own MultiHeadAttention, GroupedQueryAttention and Bidirectional (their order is "
+      "own MultiHeadAttention, GroupQueryAttention and Bidirectional (their order is "
       "Keras's); the optimizer holds their variables in the order the code created them. "
       "The variables' shapes fit more than one order of the layers (or none), and pairing "
       f"by position could put moments on the wrong weights, so this file is refused. {_FIX}")
