@@ -40,6 +40,8 @@ _NEVER = ("num_batches_tracked",)
 
 
 class LikeLeaves(NamedTuple):
+  """The leaves of a params tree as pairing sees them (`like_leaves`)."""
+
   paths: List[str]  # keystr per leaf (jax.tree.leaves order)
   names: List[str]  # canonical names
   stats: List[bool]  # batch statistics (not trained)
