@@ -139,7 +139,8 @@ def _by_name(names, shapes, like: LikeLeaves, layout, where, ties) -> Optional[L
     raise ValueError(
         f"{where}: entries {rest[:5]} name no params leaf (params leaves: "
         f"{like.names[:8]}{' ...' if len(like.names) > 8 else ''}); pass a layout that "
-        "names them (interop.TorchToFlax(rename={...})) or a like tree with these names.")
+        "names them (interop.TorchToFlax(rename={...})) or a like tree with these names "
+        "(frozen parameters too: they are filled, and the resumed tx leaves them unchanged).")
   filled = collections.Counter(i for i in out if i is not None)
   missing = [p for i, p in enumerate(like.paths) if i not in filled]
   twice = sorted(like.paths[i] for i, c in filled.items() if c > 1)

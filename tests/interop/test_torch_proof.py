@@ -209,6 +209,9 @@ def test_frozen_parameters_resume_in_one_call(tmp_path):
   run = _trained(_trainable, model=_freeze(Attn()))
   torch.save({"model": run.module.state_dict(), "optimizer": run.opt.state_dict()},
              tmp_path / "frozen.pt")
+  without = {k: v for k, v in run.like().items() if k != "k"}
+  with pytest.raises(ValueError, match=r"k\.weight -> k/weight.*frozen parameters too"):
+    interop.resume_from_torch(tmp_path / "frozen.pt", without)  # like must hold them
   params, tx, state = interop.resume_from_torch(tmp_path / "frozen.pt", run.like())
   np.testing.assert_array_equal(params["k"]["weight"], run.named["k.weight"].detach().numpy())
   _continue(run, params, tx, state, "frozen k.weight and ln.bias (not in the optimizer)")
