@@ -223,6 +223,10 @@ def _tx_side(tx: Any, h: PeerHyperparams) -> str:
   return f"tx has {listing(stated)}" + (f" (differing: {', '.join(differ)})" if differ else "")
 
 
+# Stands in for a frozen leaf's hyperparameters in the probes (its expected step is zero).
+_FROZEN = PeerHyperparams(learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-8, psi=0.004)
+
+
 def check_step(tx, state: Any, params: Any, hypers: Sequence[PeerHyperparams],
                where: Sequence[str]) -> None:
   """Raises unless tx's next step is the one the peer's hyperparameters give.
@@ -232,7 +236,8 @@ def check_step(tx, state: Any, params: Any, hypers: Sequence[PeerHyperparams],
     state: its state for `params`, filled from the peer (schedule counters
       synced); not changed.
     params: the params tree.
-    hypers: one `PeerHyperparams` per ``jax.tree.leaves(params)`` entry.
+    hypers: one `PeerHyperparams` per ``jax.tree.leaves(params)`` entry; None
+      for a leaf the peer does not train (frozen), whose step must be zero.
     where: per leaf, how to name it in a message.
 
   Returns:
@@ -243,8 +248,11 @@ def check_step(tx, state: Any, params: Any, hypers: Sequence[PeerHyperparams],
     ValueError: naming the leaf and the probe, listing the peer's
       hyperparameters beside tx's, and giving the tx that continues the run.
   """
-  leaves = read_state(state, params)
+  frozen = {i for i, h in enumerate(hypers) if h is None}
   values = [np.asarray(x) for x in jax.tree.leaves(params)]
+  leaves = [x if x is not None else (0, 1.0, np.zeros(p.shape), np.zeros(p.shape))
+            for x, p in zip(read_state(state, params, frozen), values)]
+  hypers = [_FROZEN if h is None else h for h in hypers]
   inputs = probes(hypers, leaves, values)
   rounded = lambda xs: [np.asarray(np.asarray(x, p.dtype), np.float64)  # noqa: E731
                         for x, p in zip(xs, values)]
@@ -259,6 +267,10 @@ def check_step(tx, state: Any, params: Any, hypers: Sequence[PeerHyperparams],
   expected: List[List[Any]] = [[None] * len(values) for _ in inputs]
   groups: Dict[tuple, List[int]] = {}
   for i, (h, (count, mu_product, _, _)) in enumerate(zip(hypers, leaves)):
+    if i in frozen:  # the peer does not step it
+      for k in range(len(inputs)):
+        expected[k][i] = np.zeros(np.shape(values[i]))
+      continue
     groups.setdefault((h, count, float(mu_product)), []).append(i)
   for (h, count, mu_product), held in groups.items():
     ref = peer_tx(h, mu_dtype)
@@ -273,6 +285,9 @@ def check_step(tx, state: Any, params: Any, hypers: Sequence[PeerHyperparams],
     scale = max(float(np.max(np.abs(x[i]), initial=0.0)) for x in (*expected, *actual)) or 1.0
     gaps = [float(np.max(np.abs(a[i] - e[i]), initial=0.0)) / scale
             for e, a in zip(expected, actual)]
+    if max(gaps) > rtol and i in frozen:
+      raise ValueError(f"{where[i]}: the peer does not train it (frozen), but tx moves it; "
+                       "leave it unchanged (optax.set_to_zero under optax.multi_transform).")
     if max(gaps) > rtol:
       k = int(np.argmax(gaps))
       raise ValueError(

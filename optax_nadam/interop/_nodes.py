@@ -21,12 +21,14 @@ from optax_nadam.transform import ScaleByNadamState
 param_paths = _tree.leaf_paths
 
 
-def owners(state: Any, params: Any) -> List[Tuple[Any, List[int]]]:
+def owners(state: Any, params: Any, unheld: Any = ()) -> List[Tuple[Any, List[int]]]:
   """For each nadam node of `state`, the indices of the params leaves it holds.
 
   Args:
     state: a state of a tx containing `scale_by_nadam`, for `params`.
     params: the params tree.
+    unheld: indices of leaves that may be held by no node (frozen: tx leaves
+      them unchanged), or True for any leaf.
 
   Returns:
     ``[(node_path, [leaf index, ...]), ...]`` in tree order.
@@ -65,7 +67,8 @@ def owners(state: Any, params: Any) -> List[Tuple[Any, List[int]]]:
       owner[i] = path_str(node_path)
       held.append(i)
     result.append((node_path, held))
-  missing = [p for p, i in index.items() if i not in owner]
+  missing = [p for p, i in index.items() if i not in owner
+             and not (unheld is True or i in unheld)]
   if missing:
     raise ValueError(
         f"params leaves {missing[:5]} are not held by any scale_by_nadam in tx; the "
@@ -74,32 +77,35 @@ def owners(state: Any, params: Any) -> List[Tuple[Any, List[int]]]:
   return result
 
 
-def _moment_leaves(state: Any, params: Any):
-  """Yields ``(params leaf index, nadam node, leaf path, m, v)`` for every params leaf."""
+def _moment_leaves(state: Any, params: Any, unheld: Any = ()):
+  """Yields ``(params leaf index, nadam node, leaf path, m, v)`` for every held params leaf."""
   nodes = dict(_tree.find_nodes(state, ScaleByNadamState))
   index = {p: i for i, p in enumerate(param_paths(params))}
-  for node_path, _ in owners(state, params):
+  for node_path, _ in owners(state, params, unheld):
     node = nodes[node_path]
     for leaf_path, m, v in zip(param_paths(node.m), jax.tree.leaves(node.m),
                                jax.tree.leaves(node.v)):
       yield index[leaf_path], node, leaf_path, m, v
 
 
-def read_state(state: Any, params: Any) -> List[Tuple[int, np.floating, np.ndarray, np.ndarray]]:
+def read_state(state: Any, params: Any,
+               unheld: Any = ()) -> List[Tuple[int, np.floating, np.ndarray, np.ndarray]]:
   """Per params leaf, ``(count, mu_product, m, v)`` (numpy copies) from `state`.
 
   Args:
     state: a state of a tx containing scale_by_nadam, for `params`.
     params: the params tree (fixes the leaf order).
+    unheld: leaves that may be held by no node (see `owners`).
 
   Returns:
-    One tuple per ``jax.tree.leaves(params)`` entry.
+    One tuple per ``jax.tree.leaves(params)`` entry (None for a leaf no node
+    holds).
 
   Raises:
     ValueError: a params leaf is complex (the peers' complex rule differs).
   """
   out: List[Any] = [None] * len(param_paths(params))
-  for i, node, leaf_path, m, v in _moment_leaves(state, params):
+  for i, node, leaf_path, m, v in _moment_leaves(state, params, unheld):
     if jnp.iscomplexobj(m):
       raise ValueError(
           f"params leaf {leaf_path} is complex; the peers' complex rule "

@@ -1,22 +1,20 @@
-"""Which torch weight and which optimizer slot fill which params leaf: proven, or refused.
+"""The one place a moment or weight meets a parameter: by names, a proven order, or shapes.
 
-torch's optimizer state is keyed by integer ids in param-group order; a model
-state dict is keyed by names. A pairing is accepted only when proven:
+Every import and export (torch and Keras) pairs a peer's items (a model's
+weights, an optimizer's slots) with the leaves of a params tree here, and only
+by a proof:
 
-1. by names: the model's names, and the optimizer's when torch wrote
-   ``param_names`` into its groups (optimizer built from
-   ``model.named_parameters()``) or the caller passed ``param_names``;
-2. by an order torch guarantees: ``model.state_dict()`` and
-   ``model.parameters()`` both follow the module's registration order (first
-   occurrence of a tied tensor kept), so an optimizer with ONE param group over
-   all the parameters, built as ``NAdam(model.parameters())`` (the premise: a
-   checkpoint does not record it; count and shapes in order are checked),
-   holds them in the order of a state dict saved by torch (``torch.save``,
-   ``pytorch_model.bin``, DCP); safetensors files sort their names, and
-   several param groups list parameters in any order;
-3. by shapes, when each optimizer parameter's shape fits exactly one leaf.
+1. names: the model's, the optimizer's (torch's ``param_names``, DCP's
+   parameter FQN keys), the caller's (``param_names=``);
+2. an order the source proves: a state dict made by ``module.state_dict()``
+   (torch keeps its ``_metadata`` on it) is in registration order, which is
+   ``model.parameters()``'s; one torch param group saved without names is
+   taken to be ``NAdam(model.parameters())`` (the one assumption, documented);
+   a params tree without dicts (lists, tuples) is in the caller's order;
+3. shapes that leave exactly one assignment.
 
-Anything else is a ValueError saying how to give the names.
+Anything else is a ValueError saying what to pass. ``jax.tree.leaves`` of a
+dict sorts its keys: that order proves nothing and is never used.
 
 Names are compared in a canonical form, the same for both sides: wrapper
 prefixes shared by every key (DDP's ``module.``, a Lightning module's
@@ -30,7 +28,7 @@ BatchNorm's ``running_mean`` / ``running_var`` fill the leaves Flax calls
 import collections
 import re
 import sys
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -42,9 +40,22 @@ _NEVER = ("num_batches_tracked",)
 
 
 class LikeLeaves(NamedTuple):
+  """The leaves of a params tree as pairing sees them (`like_leaves`)."""
+
   paths: List[str]  # keystr per leaf (jax.tree.leaves order)
   names: List[str]  # canonical names
   stats: List[bool]  # batch statistics (not trained)
+  shapes: List[Tuple[int, ...]]
+  ordered: bool  # no dict on any path: jax.tree.leaves is the caller's own order
+
+
+def callers_order(like: Any) -> bool:
+  """True when `like`'s leaf order is the caller's: no dict (sorted keys) on any path."""
+  nnx = sys.modules.get("flax.nnx")
+  is_var = (lambda x: isinstance(x, nnx.Variable)) if nnx is not None else None
+  flat = jax.tree_util.tree_flatten_with_path(like, is_leaf=is_var)[0]
+  ordered_keys = (jax.tree_util.SequenceKey, jax.tree_util.GetAttrKey)
+  return all(isinstance(k, ordered_keys) for path, _ in flat for k in path)
 
 
 def _canon(parts: Sequence[str]) -> str:
@@ -64,8 +75,10 @@ def like_leaves(like: Any) -> LikeLeaves:
   nnx = sys.modules.get("flax.nnx")
   is_var = (lambda x: isinstance(x, nnx.Variable)) if nnx is not None else None
   flat = jax.tree_util.tree_flatten_with_path(like, is_leaf=is_var)[0]
-  paths, names, stats = [], [], []
+  paths, names, stats, shapes = [], [], [], []
   for path, leaf in flat:
+    get = getattr(leaf, "get_value", None)
+    shapes.append(tuple(np.shape(get() if callable(get) else leaf)))
     parts = [_tree._key_name(k) for k in path]
     while parts and parts[-1] == "value":
       parts.pop()
@@ -76,7 +89,7 @@ def like_leaves(like: Any) -> LikeLeaves:
     paths.append(_tree.path_str(path) + (".value" if is_var and is_var(leaf) else ""))
     names.append(_canon(parts))
     stats.append(stat)
-  return LikeLeaves(paths, names, stats)
+  return LikeLeaves(paths, names, stats, shapes, callers_order(like))
 
 
 def strip_prefixes(names: Sequence[str], like: LikeLeaves) -> List[str]:
@@ -126,7 +139,8 @@ def _by_name(names, shapes, like: LikeLeaves, layout, where, ties) -> Optional[L
     raise ValueError(
         f"{where}: entries {rest[:5]} name no params leaf (params leaves: "
         f"{like.names[:8]}{' ...' if len(like.names) > 8 else ''}); pass a layout that "
-        "names them (interop.TorchToFlax(rename={...})) or a like tree with these names.")
+        "names them (interop.TorchToFlax(rename={...})) or a like tree with these names "
+        "(frozen parameters too: they are filled, and the resumed tx leaves them unchanged).")
   filled = collections.Counter(i for i in out if i is not None)
   missing = [p for i, p in enumerate(like.paths) if i not in filled]
   twice = sorted(like.paths[i] for i, c in filled.items() if c > 1)
@@ -153,31 +167,35 @@ def match_model(names: Sequence[str], shapes: Sequence[Tuple[int, ...]], ties: S
   """For each model entry the index of the `like` leaf it fills (None: not a leaf).
 
   By name when the names apply; else by registration order when `ordered`
-  (entry i of ``model.parameters()`` is leaf i); else by shapes.
+  (the dict is ``module.state_dict()``'s) and `like` is in the caller's order
+  (a list in ``model.parameters()`` order); else by shapes; else refused.
   """
   leaves = like_leaves(like)
   out = _by_name(list(names), shapes, leaves, layout, where, list(ties))
   if out is not None:
     return out
   params = param_entries(names, ties)
-  if ordered and len(params) == len(leaves.paths):
+  listed = [names[k] for k in params][:4]
+  if len(params) != len(leaves.paths):
+    raise ValueError(
+        f"{where} has {len(params)} parameter entries ({listed}...) but params has "
+        f"{len(leaves.paths)} leaves ({leaves.paths[:4]}...); each entry fills one leaf (pass "
+        "layout=interop.torch_to_flax, or a like tree keyed by the model's names, to match "
+        "by name).")
+  if ordered and leaves.ordered:
     out = [None] * len(names)
     for i, k in enumerate(params):
       out[k] = i
     return out
-  if ordered:
-    raise ValueError(
-        f"{where} has {len(params)} parameter entries ({[names[k] for k in params][:5]}...) but "
-        f"params has {len(leaves.paths)} leaves ({leaves.paths[:5]}...); they are matched one "
-        "to one in order (pass layout=interop.torch_to_flax, or a like tree keyed by the "
-        "model's names, to match by name).")
-  target = unique_shapes([shapes[k] for k in params], like, layout)
+  target = unique_shapes([shapes[k] for k in params], leaves, range(len(leaves.paths)), layout)
   if target is None:
+    why = ("like is a dict, whose leaves jax orders by sorted key, not by the model"
+           if ordered else "its names are not in the model's order (not a "
+           "module.state_dict(): safetensors and index files sort them)")
     raise ValueError(
-        f"{where} lists its names sorted (not the model's order), and like's leaf names "
-        f"({leaves.names[:4]}...) are not the model's ({[names[k] for k in params][:4]}...), "
-        "and equal shapes leave the pairing open: pass layout=interop.torch_to_flax (Flax "
-        "names) or a like tree keyed by the model's names.")
+        f"{where}: like's leaf names ({leaves.names[:4]}...) are not the model's "
+        f"({listed}...), {why}, and shapes leave no single assignment: pass "
+        "layout=interop.torch_to_flax (Flax names) or a like tree keyed by the model's names.")
   out = [None] * len(names)
   for k, i in zip(params, target):
     out[k] = i
@@ -204,15 +222,62 @@ def laid_out_shape(layout: Any, path: str, shape: Tuple[int, ...]) -> Tuple[int,
   return tuple(np.shape(layout(path, np.broadcast_to(np.float32(0), shape))))
 
 
-def unique_shapes(shapes: Sequence[Tuple[int, ...]], like: Any,
-                  layout: Any) -> Optional[List[int]]:
-  """The one assignment of torch shapes to `like` leaves (after the layout), or None."""
-  paths = _tree.leaf_paths(like)
-  leaf_shapes = [tuple(np.shape(x)) for x in jax.tree.leaves(like)]
-  if len(shapes) != len(paths):
+def unique_shapes(shapes: Sequence[Optional[Tuple[int, ...]]], leaves: LikeLeaves,
+                  candidates: Sequence[int], layout: Any) -> Optional[List[int]]:
+  """The one assignment of items (by shape, before the layout) to candidate leaves, or None.
+
+  Each item must fit exactly one candidate and no two items the same one; an
+  item of unknown shape (None) fits nothing.
+  """
+  candidates = list(candidates)
+  if None in shapes or len(shapes) > len(candidates):
     return None
-  options = [[i for i, p in enumerate(paths) if laid_out_shape(layout, p, s) == leaf_shapes[i]]
+  options = [[i for i in candidates
+              if laid_out_shape(layout, leaves.paths[i], s) == leaves.shapes[i]]
              for s in shapes]
   if any(len(o) != 1 for o in options) or len({o[0] for o in options}) != len(options):
     return None
   return [o[0] for o in options]
+
+
+def equal_shapes(shapes: Sequence[Optional[Tuple[int, ...]]], what: str) -> str:
+  """`` and equal shapes ...`` naming the items that share a shape, or ""."""
+  equal = {s: [i for i, t in enumerate(shapes) if t == s] for s in shapes if s is not None}
+  equal = {s: ix for s, ix in equal.items() if len(ix) > 1}
+  if not equal:
+    return ""
+  return (" and equal shapes leave more than one assignment (" + "; ".join(
+      f"{s} at {what} {ix[:6]}" for s, ix in list(equal.items())[:3]) + ")")
+
+
+def pair(by_name: Optional[Sequence[Optional[int]]], proven: Optional[Sequence[int]],
+         shapes: Sequence[Optional[Tuple[int, ...]]], leaves: LikeLeaves,
+         candidates: Sequence[int], layout: Any, refusal: Callable[[], str]) -> List[int]:
+  """Per item the params leaf it meets, by the first proof that holds; else a ValueError.
+
+  Args:
+    by_name: per item the leaf its name gives (all named), or None when the
+      items have no names that apply.
+    proven: per item the leaf of an order the source proves (a torch-made
+      state dict, a known sublayer order, a list tree in the caller's order),
+      or None.
+    shapes: per item its shape before the layout (None: unknown).
+    leaves: `like_leaves` of the params tree.
+    candidates: the leaves an item may meet (e.g. not batch statistics, not
+      leaves our state does not hold), in leaf order.
+    layout: the layout applied to the items (shapes compared after it).
+    refusal: the message when nothing proves the pairing (say what to pass).
+
+  Returns:
+    Distinct leaf indices, one per item.
+  """
+  out = by_name if by_name is not None else proven
+  if out is None:
+    out = unique_shapes(shapes, leaves, candidates, layout)
+  if out is None:
+    raise ValueError(refusal())
+  twice = sorted({leaves.paths[i] for i in out if list(out).count(i) > 1})
+  if twice:
+    raise ValueError(f"params leaves {twice[:5]} would each meet several of the peer's "
+                     "parameters.")
+  return list(out)

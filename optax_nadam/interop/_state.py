@@ -34,6 +34,8 @@ _SCHEDULE_RTOL = 1e-5
 # Agreement of per-parameter mu-products (torch keeps one per parameter; the
 # same step count and hyperparameters give bit-identical products).
 _MU_PRODUCT_RTOL = 1e-6
+_OWN_NADAM = ("Give each step count its own scale_by_nadam (optax.multi_transform over the "
+              "leaves; resume_from_torch builds that tx), so each continues from its own step.")
 
 
 class PeerSlot(NamedTuple):
@@ -77,8 +79,11 @@ def _as_moment(name: str, x: np.ndarray, like: jax.Array, where: str) -> jax.Arr
   return jax.device_put(cast, sharding) if sharding is not None else jnp.asarray(cast)
 
 
-def _named_slots(slots: Sequence[PeerSlot], params: Any) -> List[PeerSlot]:
-  """`slots` with each `where` naming its params leaf; refuses a count mismatch."""
+def _named_slots(slots: Sequence[Optional[PeerSlot]], params: Any) -> List[Optional[PeerSlot]]:
+  """`slots` with each `where` naming its params leaf; refuses a count mismatch.
+
+  A None slot is a leaf the peer does not train (frozen: left out of its optimizer).
+  """
   paths = param_paths(params)
   if len(slots) != len(paths):
     raise ValueError(
@@ -86,11 +91,24 @@ def _named_slots(slots: Sequence[PeerSlot], params: Any) -> List[PeerSlot]:
         f"{len(paths)} leaves ({paths[:5]}{' ...' if len(paths) > 5 else ''}); they are "
         "matched one to one in order."
     )
-  return [s._replace(where=f"{s.where} (params leaf {p})") for s, p in zip(slots, paths)]
+  return [None if s is None else s._replace(where=f"{s.where} (params leaf {p})")
+          for s, p in zip(slots, paths)]
 
 
-def _node_scalars(slots: Sequence[PeerSlot], held: Sequence[int], node_where: str):
+def _frozen_in_tx(path: str, node_where: str) -> ValueError:
+  return ValueError(
+      f"params leaf {path} is not trained by the peer's optimizer (frozen: left out of it, "
+      f"e.g. requires_grad=False), but {node_where} updates it. Leave it unchanged in tx: "
+      "optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels) with "
+      "'frozen' on such leaves (resume_from_torch builds that tx).")
+
+
+def _node_scalars(slots: Sequence[Optional[PeerSlot]], held: Sequence[int], node_where: str,
+                  paths: Sequence[str]):
   """The one (count, mu_product) of the parameters one nadam node holds."""
+  frozen = [i for i in held if slots[i] is None]
+  if frozen:
+    raise _frozen_in_tx(paths[frozen[0]], node_where)
   stepped = [i for i in held if slots[i].count is not None]
   if not stepped:
     return 0, 1.0
@@ -101,7 +119,7 @@ def _node_scalars(slots: Sequence[PeerSlot], held: Sequence[int], node_where: st
       raise ValueError(
           f"{s.where} has taken {s.count} steps but {first.where} has taken "
           f"{first.count}; the parameters of {node_where} share one step count. The peer "
-          "advanced them separately (e.g. some had no gradient on some steps)."
+          f"advanced them separately (e.g. some had no gradient on some steps). {_OWN_NADAM}"
       )
     if not math.isclose(s.mu_product, first.mu_product, rel_tol=_MU_PRODUCT_RTOL):
       raise ValueError(
@@ -112,7 +130,8 @@ def _node_scalars(slots: Sequence[PeerSlot], held: Sequence[int], node_where: st
   if unstepped and first.count != 0:
     raise ValueError(
         f"{slots[unstepped[0]].where} has no optimizer state (never stepped) while "
-        f"{first.where} has taken {first.count} steps; they share one step count."
+        f"{first.where} has taken {first.count} steps; they share one step count. "
+        f"{_OWN_NADAM}"
     )
   count, mu_product = min(first.count, int(_INT32_MAX)), first.mu_product
   # 0 is legitimate: float32 underflow after ~900 steps at b1 = 0.9, or b1 = 0.
@@ -138,15 +157,20 @@ def _filled_node(node: ScaleByNadamState, slots: Sequence[PeerSlot], index: dict
                            m=fill("m", node.m), v=fill("v", node.v))
 
 
+def _frozen(slots: Sequence[Optional[PeerSlot]]) -> set:
+  return {i for i, s in enumerate(slots) if s is None}
+
+
 def _fill_nadam(state: Any, params: Any, slots: Sequence[PeerSlot]) -> Tuple[Any, set]:
   """Every `ScaleByNadamState` of `state` filled from `slots`; and the counts set."""
-  index = {p: i for i, p in enumerate(param_paths(params))}
-  held_by = dict(owners(state, params))
+  paths = param_paths(params)
+  index = {p: i for i, p in enumerate(paths)}
+  held_by = dict(owners(state, params, _frozen(slots)))
   counts = set()
 
   def fill(node_path, node):
     count, mu_product = _node_scalars(
-        slots, held_by[node_path], f"the scale_by_nadam at {path_str(node_path)}")
+        slots, held_by[node_path], f"the scale_by_nadam at {path_str(node_path)}", paths)
     counts.add(count)
     return _filled_node(node, slots, index, count, mu_product)
 
@@ -227,7 +251,7 @@ def _check_schedule(tx, state, params, slots) -> None:
   _, after = tx.update(jax.tree.map(jnp.zeros_like, params), probe, params)
   after_nodes = dict(_tree.find_nodes(after, ScaleByNadamState))
   before_nodes = dict(_tree.find_nodes(probe, ScaleByNadamState))
-  for node_path, held in owners(state, params):
+  for node_path, held in owners(state, params, _frozen(slots)):
     old, new = before_nodes[node_path], after_nodes.get(node_path)
     if new is None or int(new.count) == int(old.count):
       continue  # this update did not step the nadam (accumulation, skipped step)
@@ -302,5 +326,7 @@ def build_state(
   if check_hyperparams is None:
     check_hyperparams = check_schedule
   if check_hyperparams and hyperparams is not None:
-    check_step(tx, state, params, hyperparams, [s.where for s in slots])
+    paths = param_paths(params)
+    check_step(tx, state, params, hyperparams,
+               [p if s is None else s.where for s, p in zip(slots, paths)])
   return state

@@ -328,8 +328,8 @@ def test_torch_wrong_leaf_count_is_named():
 
 def test_torch_wrong_shape_is_named():
   peer, mid = _stepped_torch()
-  params = {"a": mid[0].T, "b": mid[1], "c": mid[2], "d": mid[3]}
-  with pytest.raises(ValueError, match=r"torch parameter 0 .*params leaf \['a'\].*\(7, 5\).*"
+  params = [mid[0].T, mid[1], mid[2], mid[3]]  # a list: the optimizer's order
+  with pytest.raises(ValueError, match=r"torch parameter 0 .*params leaf \[0\].*\(7, 5\).*"
                      r"\(5, 7\)"):
     interop.state_from_torch(peer.opt, optax_nadam.nadam(LR, eps=1e-8), params)
 

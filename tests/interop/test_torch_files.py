@@ -144,8 +144,9 @@ def test_a_checkpoint_that_does_not_fit_like_is_named(tmp_path):
   with pytest.raises(ValueError, match=r"ckpt\.pt'\['model'\] has 4 parameter entries .* has 3"):
     interop.params_from_torch(path, like[:3])
   with pytest.raises(ValueError, match=r"ckpt\.pt'\['model'\]: layer0\.weight \(params leaf "
-                     r"\['w'\]\) has shape \(6, 4\) .*leaf's \(4, 6\)"):
-    interop.params_from_torch(path, {"w": like[0].T, "x": like[1], "y": like[2], "z": like[3]})
+                     r"\['layer0'\]\['weight'\]\) has shape \(6, 4\) .*leaf's \(4, 6\)"):
+    interop.params_from_torch(path, {"layer0": {"weight": like[0].T, "bias": like[1]},
+                                     "layer1": {"weight": like[2], "bias": like[3]}})
   with pytest.raises(ValueError, match=r"layer0\.weight \(params leaf \[0\]\) has dtype "
                      r"float32; the params leaf has int32"):
     interop.params_from_torch(path, [like[0].astype(np.int32)] + like[1:])

@@ -10,20 +10,22 @@ weight and which optimizer slot fill which leaf: `optax_nadam.interop._pairing`
 """
 
 import sys
+import warnings
 from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import optax
 
+from optax_nadam.interop import _pairing
 from optax_nadam.interop import layout as _layout
-from optax_nadam.interop._nodes import param_paths, read_state
+from optax_nadam.interop._nodes import read_state
 from optax_nadam.interop._state import build_state
 from optax_nadam.interop.torch import _load
 from optax_nadam.interop.torch import _params as _torch_params
 from optax_nadam.interop.torch import _state as _torch_state
 from optax_nadam.interop.torch._sources import open_checkpoint
 
-Key = Union[None, str, int]
+Key = Union[None, str, int, Tuple[Union[None, str], Union[None, str, int]]]
 
 
 def _opened(source: Any, key: Key, want_model: bool = True, want_optimizer: bool = True):
@@ -54,10 +56,16 @@ def resume_from_torch(
   tx with it and call `state_from_torch` (which sets the schedule's count).
 
   Weights and slots are paired with `like`'s leaves by name (the model's
-  names, and the optimizer's ``param_names`` or `param_names`), by the order
-  torch guarantees (one param group, a state dict saved by torch), or by
-  shapes that leave one assignment; otherwise a ValueError says how to give
-  the names (docs/migration.md, "The pairing rule").
+  names, the optimizer's ``param_names``, DCP's parameter FQNs, or
+  `param_names`), by an order torch proves, or by shapes that leave one
+  assignment; otherwise a ValueError says how to give the names
+  (docs/migration.md, "The pairing rule"). The one assumption: one param
+  group saved without names, beside a ``module.state_dict()``, is
+  ``NAdam(model.parameters())``, in registration order. Parameters left out
+  of the optimizer (frozen, ``requires_grad=False``) are filled from the model
+  and left unchanged by the tx (``optax.set_to_zero``); a parameter whose
+  step count differs (it never had a gradient, or missed steps) gets a nadam
+  of its own that continues from its own count, as torch's would.
 
   Args:
     source: a `torch.save` file or PyTorch Lightning ``.ckpt``; a checkpoint
@@ -74,13 +82,18 @@ def resume_from_torch(
     layout: ``(params_leaf_path, array) -> array`` for every weight and
       moment; with ``leaf_name`` (`torch_to_flax`) it also names leaves.
     key: the checkpoint entry holding the optimizer state dict (an int picks
-      one of Lightning's ``optimizer_states``).
+      one of Lightning's ``optimizer_states``), or a pair ``(model entry,
+      optimizer entry)`` naming both (e.g. ``("model_state",
+      "optimizer_state")``).
     param_names: the optimizer's parameter names, flat over its param groups
       or one list per group, when torch did not write ``param_names``.
 
   Returns:
     ``(params, tx, opt_state)``: `like` filled with the weights, the tx, and
     ``tx.init`` of the trainable params filled with torch's state.
+
+  Warns:
+    UserWarning: a param group's learning rate is 0 (a finished schedule).
 
   Raises:
     FileNotFoundError, IsADirectoryError: as named.
@@ -95,11 +108,15 @@ def resume_from_torch(
   position = {f: j for j, f in enumerate(kept)}
   entry_leaf = [None if i is None else position.get(i) for i in target]
   slots, hypers = _torch_state.slots_by_leaf(ck, train, layout, param_names, entry_leaf, prefix)
-  n = len(param_paths(train))
-  if len(slots) != n:
-    raise ValueError(f"{ck.optimizer_where} has slots for {len(slots)} parameters but params "
-                     f"has {n} trainable leaves.")
-  tx = _torch_state.torch_tx(hypers, train)
+  stopped = [g for g, group in enumerate(ck.optimizer["param_groups"])
+             if _torch_state.group_hyperparams(group, ck.optimizer_where).learning_rate == 0.0]
+  if stopped:
+    warnings.warn(
+        f"{ck.optimizer_where}: param group(s) {stopped} have learning rate 0 (a schedule "
+        "that has reached its end, e.g. Hugging Face's linear decay), so the tx built from it "
+        "does not move those weights. To train on, build your tx with the schedule you want "
+        "and call state_from_torch(source, tx, params).", stacklevel=2)
+  tx = _torch_state.torch_tx(hypers, slots, train)
   opt_state = build_state(tx, train, slots, sync_schedules=True, check_schedule=True,
                           hyperparams=hypers, check_hyperparams=False)
   return params, tx, opt_state
@@ -121,18 +138,21 @@ def state_from_torch(
 
   torch keeps a ``step``, a ``mu_product`` and the moments ``exp_avg`` /
   ``exp_avg_sq`` per parameter; a `ScaleByNadamState` has one step count and
-  one mu-product. The per-parameter values must therefore agree (they do when
-  every parameter got a gradient on every step); a parameter torch never
-  stepped (no state) is accepted only if the others are at step 0 too. Tensors
-  are copied: torch's later in-place steps do not reach the imported state.
+  one mu-product. The parameters one ``scale_by_nadam`` holds must therefore
+  agree (they do when every parameter got a gradient on every step); where
+  they differ, give each count its own ``scale_by_nadam`` (``optax.
+  multi_transform``; `resume_from_torch` builds that tx). Leaves the optimizer
+  does not hold (frozen) must be left unchanged by tx (``optax.set_to_zero``
+  under ``optax.multi_transform``). Tensors are copied: torch's later
+  in-place steps do not reach the imported state.
 
   Each torch parameter is paired with a leaf of `params` under the pairing
   rule (as in `resume_from_torch`): by names, by torch's order (one param
-  group: the optimizer's i-th parameter is the model state dict's i-th
-  parameter entry, or without a model dict ``jax.tree.leaves(params)[i]``), or
-  by shapes that leave one assignment; otherwise a ValueError. Several
-  ``scale_by_nadam`` on disjoint parameters (``optax.multi_transform``, e.g.
-  one per torch param group) are filled each from its own parameters.
+  group beside a ``module.state_dict()``; without a model dict, `params` as
+  a list in the optimizer's order), or by shapes that leave one assignment;
+  otherwise a ValueError. A dict `params` never states an order (jax sorts
+  its keys). Several ``scale_by_nadam`` on disjoint parameters are filled
+  each from its own parameters.
 
   The whole next step is checked (`check_hyperparams`): tx's update is probed
   from states where each of torch's ``lr``, ``betas``, ``eps``,
@@ -152,7 +172,8 @@ def state_from_torch(
       `nadamw`, `optax_nadam.keras.Nadam`, or any chain / wrapper holding
       `scale_by_nadam` (``optax.inject_hyperparams``, clipping, ...).
     params: the trainable params tree (e.g. from `params_from_torch`).
-    key: the checkpoint entry holding the optimizer state dict.
+    key: the checkpoint entry holding the optimizer state dict, or a pair
+      ``(model entry, optimizer entry)``.
     layout: ``(params_leaf_path, array) -> array`` applied to every moment,
       e.g. `torch_to_flax` (see `optax_nadam.interop.layout`).
     param_names: the optimizer's parameter names (see `resume_from_torch`).
@@ -228,46 +249,86 @@ def params_from_torch(
   return _torch_params.read_params(ck, like, layout)[0]
 
 
-def state_to_torch(state: optax.OptState, params: optax.Params, optimizer: Any) -> None:
+def state_to_torch(state: optax.OptState, params: optax.Params, optimizer: Any, *,
+                   param_names: Any = None) -> None:
   """Loads our state into a `torch.optim.NAdam` (via ``load_state_dict``).
 
-  The optimizer's parameters, flattened over ``param_groups``, are matched one
-  to one with ``jax.tree.leaves(params)``. Its hyperparameters are left as
-  they are: build it like tx (``eps=1e-7`` for our default, ``momentum_decay``
-  as tx's).
+  Each of the optimizer's parameters meets the params leaf of its name (the
+  ``param_names`` torch keeps when the optimizer was built from
+  ``model.named_parameters()``, or `param_names`); `params` as a list or
+  tuple in the optimizer's order (over its param groups) also proves the
+  pairing, as do shapes that leave one assignment. A dict's leaf order (jax
+  sorts its keys) is never used: without names the export is refused.
+  Leaves no nadam of `state` holds (frozen in tx) must not be in the
+  optimizer; a leaf at step 0 gets no torch state (a fresh parameter).
+  Hyperparameters are left as they are: build the optimizer like tx
+  (``eps=1e-7`` for our default, ``momentum_decay`` as tx's).
 
   Args:
     state: a state of a tx containing `scale_by_nadam`, for `params`.
     params: the params tree the state belongs to.
     optimizer: the `torch.optim.NAdam` to load into (modified in place).
+    param_names: the optimizer's parameter names, flat over its param groups
+      or one list per group (e.g. ``[n for n, _ in model.named_parameters()]``
+      for ``NAdam(model.parameters())``).
 
   Returns:
     None.
 
   Raises:
     TypeError: `optimizer` is not a torch NAdam.
-    ValueError: parameter count or a shape differs (named).
+    ValueError: a pairing that cannot be proven, a name that names no leaf,
+      a count or shape that differs (named).
   """
   torch = sys.modules.get("torch")
   if torch is None or not isinstance(optimizer, torch.optim.NAdam):
     raise TypeError(f"optimizer must be a torch.optim.NAdam, got {type(optimizer).__name__}.")
-  values = read_state(state, params)
-  paths = param_paths(params)
+  values = read_state(state, params, unheld=True)
+  leaves = _pairing.like_leaves(params)
+  held = [i for i, x in enumerate(values) if x is not None]
   torch_params = [p for group in optimizer.param_groups for p in group["params"]]
-  if len(torch_params) != len(values):
-    raise ValueError(
-        f"The torch optimizer has {len(torch_params)} parameters but params has "
-        f"{len(values)} leaves; they are matched one to one in order."
-    )
   sd = optimizer.state_dict()
-  ids = [pid for group in sd["param_groups"] for pid in group["params"]]
+  groups = sd["param_groups"]
+  per_group = _torch_state.names_of(groups, param_names)
+  names = None if None in per_group else [n for g in per_group for n in g]
+  shapes = [tuple(p.shape) for p in torch_params]
+  by_name = None
+  if names is not None:
+    by_name = _torch_state.name_leaves(names, shapes, leaves)
+    if by_name is not None and None in by_name:
+      k = by_name.index(None)
+      raise ValueError(f"torch parameter {k} ({names[k]}) names no params leaf "
+                       f"({leaves.names[:8]}...); params must be keyed by the model's names.")
+  proven = held if leaves.ordered and len(held) == len(torch_params) else None
+  leaf_of = _pairing.pair(
+      by_name, proven, shapes, leaves, held, None,
+      lambda: (f"which params leaf each of the torch optimizer's {len(torch_params)} "
+               "parameters meets cannot be proven: it holds no param_names and params is "
+               + ("a dict (jax orders its leaves by sorted key, not the optimizer's order)"
+                  if not leaves.ordered else f"a list of {len(held)} leaves with state")
+               + _pairing.equal_shapes(shapes, "torch parameters") + ". Pass param_names= "
+               "(the optimizer's parameter names, flat or one list per param group: "
+               "[n for n, _ in model.named_parameters()] for NAdam(model.parameters())), or "
+               "build the optimizer from model.named_parameters()."))
+  stateless = [leaves.paths[i] for i in leaf_of if values[i] is None]
+  if stateless:
+    raise ValueError(f"params leaves {stateless[:5]} have no nadam state in `state` (tx leaves "
+                     "them unchanged) but the torch optimizer trains them.")
+  left = [leaves.paths[i] for i in held if i not in set(leaf_of)]
+  if left:
+    raise ValueError(f"params leaves {left[:5]} have nadam state but no parameter of the torch "
+                     "optimizer meets them.")
+  ids = [pid for group in groups for pid in group["params"]]
   new_state = {}
-  for i, (pid, p, (count, mu_product, m, v)) in enumerate(zip(ids, torch_params, values)):
+  for k, (pid, p, i) in enumerate(zip(ids, torch_params, leaf_of)):
+    count, mu_product, m, v = values[i]
     if tuple(p.shape) != m.shape:
       raise ValueError(
-          f"torch parameter {i} has shape {tuple(p.shape)} but params leaf {paths[i]} has "
-          f"{m.shape}."
+          f"torch parameter {k} has shape {tuple(p.shape)} but params leaf {leaves.paths[i]} "
+          f"has {m.shape}."
       )
+    if count == 0:
+      continue  # torch's own state of a parameter never stepped: none
     new_state[pid] = {
         "step": torch.tensor(float(count), dtype=torch.float32),
         # float32, or float64 for float64 params (torch casts it to the param's dtype).
@@ -275,5 +336,4 @@ def state_to_torch(state: optax.OptState, params: optax.Params, optimizer: Any) 
         "exp_avg": torch.from_numpy(m.copy()),
         "exp_avg_sq": torch.from_numpy(v.copy()),
     }
-  optimizer.load_state_dict({"state": new_state, "param_groups": sd["param_groups"]})
-
+  optimizer.load_state_dict({"state": new_state, "param_groups": groups})

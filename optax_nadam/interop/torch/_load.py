@@ -176,7 +176,8 @@ def _find(obj: Any, test, key: Optional[str], keys: Sequence[str], what: str,
       return obj[k], f"{source}[{k!r}]"
   raise ValueError(
       f"{source} holds no {what} at the top level nor under {list(keys)} (its keys: "
-      f"{sorted(map(str, obj))}); pass key= to name the entry."
+      f"{sorted(map(str, obj))}); pass key= to name the entry (both entries: "
+      "key=(model entry, optimizer entry))."
   )
 
 

@@ -62,8 +62,8 @@ def trainable(like: Any) -> Tuple[Any, List[int]]:
 def read_params(ck: Checkpoint, like: Any, layout: Any) -> Tuple[Any, List[Optional[int]]]:
   """``(like filled with the model's weights, the leaf index of each model entry)``."""
   if ck.model is None:
-    raise ValueError(f"{ck.model_where} holds no model state dict (name -> tensor); the "
-                     "weights are needed too.")
+    raise ValueError(ck.model_error or f"{ck.model_where} holds no model state dict (name -> "
+                     "tensor); the weights are needed too.")
   names = list(ck.model)
   entries = list(ck.model.values())
   target = pairing.match_model(names, [e.shape for e in entries], [e.tie for e in entries],

@@ -46,9 +46,31 @@ class Checkpoint(NamedTuple):
 
   model: Optional[Dict[str, Entry]]
   model_where: str
-  ordered: bool  # the model dict is in registration order (model.state_dict())
+  ordered: bool  # the model dict proves registration order (`torch_made`)
   optimizer: Optional[Mapping]
   optimizer_where: str
+  model_error: str = ""  # why no model state dict was found (model None)
+
+
+def torch_made(sd: Mapping) -> bool:
+  """True when `sd` proves it is ``module.state_dict()``'s, in registration order.
+
+  torch keeps ``_metadata`` (one entry per module, in the pre-order it visits
+  them) on the dict ``state_dict()`` returns, and `torch.save` keeps it; each
+  key's module must follow that order. A plain dict (``safetensors.torch.
+  load_file``, a dict comprehension, DCP) has none: its order proves nothing.
+  """
+  meta = getattr(sd, "_metadata", None)
+  if not isinstance(meta, Mapping) or not meta:
+    return False
+  rank = {m: i for i, m in enumerate(meta)}
+  last = -1
+  for name in sd:
+    r = rank.get(name.rpartition(".")[0]) if isinstance(name, str) else None
+    if r is None or r < last:
+      return False
+    last = r
+  return True
 
 
 def _tensor_entries(sd: Mapping, where: str) -> Dict[str, Entry]:
@@ -103,9 +125,8 @@ def _hf_folder(path: str) -> Checkpoint:
     if name == "model.safetensors":
       model = _safetensors_entries([full])
     elif name == "pytorch_model.bin":
-      model = _tensor_entries(_load.model_dict(_load.load(full), None, model_where)[0],
-                              model_where)
-      ordered = True
+      sd = _load.model_dict(_load.load(full), None, model_where)[0]
+      model, ordered = _tensor_entries(sd, model_where), torch_made(sd)
     else:
       shards = list(dict.fromkeys(_index(full).values()))
       if name.startswith("model.safetensors"):
@@ -145,30 +166,35 @@ def _optimizer_in(obj: Mapping, key: Union[None, str, int], where: str):
   return _load.optimizer_dict(obj, key, where)
 
 
-def _from_object(obj: Any, where: str, key, want_model: bool, want_optimizer: bool,
-                 ordered: bool = True) -> Checkpoint:
+def _from_object(obj: Any, where: str, key, want_model: bool,
+                 want_optimizer: bool) -> Checkpoint:
+  model_key, opt_key = key if isinstance(key, tuple) else (
+      (None, key) if want_optimizer else (key, None))
   model = model_where = optimizer = None
+  ordered, model_error = False, ""
   opt_where = where
   if want_model:
     try:
-      sd, model_where = _load.model_dict(obj, None if want_optimizer else key, where)
-      model = _tensor_entries(sd, model_where)
-    except ValueError:
-      if not want_optimizer:
+      sd, model_where = _load.model_dict(obj, model_key, where)
+      model, ordered = _tensor_entries(sd, model_where), torch_made(sd)
+    except ValueError as e:
+      if not want_optimizer or model_key is not None:
         raise
+      model_error = str(e)
   if want_optimizer:
-    optimizer, opt_where = _optimizer_in(obj, key, where)
-  return Checkpoint(model, model_where or where, ordered, optimizer, opt_where)
+    optimizer, opt_where = _optimizer_in(obj, opt_key, where)
+  return Checkpoint(model, model_where or where, ordered, optimizer, opt_where, model_error)
 
 
-def open_checkpoint(source: Any, key: Union[None, str, int] = None, *, want_model: bool = True,
+def open_checkpoint(source: Any, key: Any = None, *, want_model: bool = True,
                     want_optimizer: bool = True) -> Checkpoint:
   """Reads a torch source once (see the module docstring).
 
   Args:
     source: a live module / optimizer, a dict, a file or folder path.
     key: the entry holding the optimizer state dict (or, with `want_optimizer`
-      False, the model's); an int picks one of Lightning's ``optimizer_states``.
+      False, the model's); an int picks one of Lightning's ``optimizer_states``;
+      a pair ``(model entry, optimizer entry)`` names both (None: looked for).
     want_model: look for the model state dict (missing: ``model`` is None
       when the optimizer is wanted too, else an error).
     want_optimizer: look for the optimizer state dict (missing: an error).

@@ -39,7 +39,11 @@ def group_hyperparams(group: Mapping, name: str) -> PeerHyperparams:
   """One param group's hyperparameters (`name`: the group, for messages)."""
   for key in ("params", "betas", "momentum_decay"):
     if key not in group:
-      raise ValueError(f"{name} has no {key!r}: not a torch.optim.NAdam state dict.")
+      raise ValueError(
+          f"{name} has no {key!r}: not a torch.optim.NAdam state dict (its keys: "
+          f"{sorted(map(str, group))}). Another optimizer's state (torch Adam, AdamW and "
+          "RAdam keep step, exp_avg and exp_avg_sq, no momentum_decay and no mu_product) does "
+          "not continue NAdam's trajectory; start NAdam fresh with tx.init(params).")
   betas = group["betas"]
   if not isinstance(betas, (list, tuple)) or len(betas) != 2:
     raise ValueError(f"{name}['betas'] is {betas!r}; NAdam's betas are a pair (beta1, beta2).")
@@ -77,8 +81,12 @@ def _slot(entry: Any, where: str, h: PeerHyperparams) -> PeerSlot:
                   to_numpy(entry["exp_avg_sq"], f"{where} exp_avg_sq"), h.b1, h.psi)
 
 
-def _names(groups: Sequence[Mapping], param_names: Any) -> List[Optional[List[str]]]:
-  """Per group the parameter names: the caller's, else the ones torch wrote, else None."""
+def names_of(groups: Sequence[Mapping], param_names: Any) -> List[Optional[List[str]]]:
+  """Per group the parameter names: the caller's, else torch's ``param_names``, else DCP's.
+
+  ``get_state_dict`` (torch.distributed.checkpoint) lists each group's
+  parameters by their FQNs instead of integer ids: those are names too.
+  """
   sizes = [len(g["params"]) for g in groups]
   if param_names is None:
     out = []
@@ -87,6 +95,9 @@ def _names(groups: Sequence[Mapping], param_names: Any) -> List[Optional[List[st
       if names is not None and (not isinstance(names, (list, tuple)) or len(names) != sizes[g]
                                 or not all(isinstance(n, str) for n in names)):
         raise ValueError(f"param_groups[{g}]['param_names'] is not {sizes[g]} strings.")
+      if names is None and group["params"] and all(
+          isinstance(p, str) and not p.isdigit() for p in group["params"]):
+        names = group["params"]  # DCP's FQN keys
       out.append(None if names is None else list(names))
     return out
   if not isinstance(param_names, (list, tuple)):
@@ -116,7 +127,7 @@ def read_optimizer(sd: Mapping, prefix: str, param_names: Any = None) -> List[To
   if not isinstance(states, Mapping):
     raise TypeError("state_dict['state'] must be a dict.")
   hypers = [group_hyperparams(g, f"{prefix}param_groups[{i}]") for i, g in enumerate(groups)]
-  names = _names(groups, param_names)
+  names = names_of(groups, param_names)
   out, seen = [], set()
   for g, group in enumerate(groups):
     for k, pid in enumerate(group["params"]):
@@ -124,7 +135,7 @@ def read_optimizer(sd: Mapping, prefix: str, param_names: Any = None) -> List[To
       seen.add(key)
       name = None if names[g] is None else names[g][k]
       where = (f"{prefix}torch parameter {len(out)} (param_groups[{g}], id {pid}"
-               f"{', ' + name if name else ''})")
+               f"{', ' + name if name and name != pid else ''})")
       out.append(TorchParam(g, name, _slot(states.get(key), where, hypers[g]), hypers[g]))
   stray = [k for k in states if k not in seen]
   if stray:
@@ -132,106 +143,139 @@ def read_optimizer(sd: Mapping, prefix: str, param_names: Any = None) -> List[To
   return out
 
 
-def _refuse(params: Sequence[TorchParam], why: str, where: str) -> ValueError:
+ASSUMPTION = ("One param group saved without names is taken to be NAdam(model.parameters()), "
+              "in the module's registration order")
+_FIX = ("Give the names: build the optimizer from model.named_parameters() (torch then writes "
+        "param_names into each param group), or pass param_names= (one list per param group, "
+        "each in the group's order, e.g. [[n for n, p in model.named_parameters() if p in "
+        "group0], ...]; for frozen parameters left out of the optimizer, [n for n, p in "
+        "model.named_parameters() if p.requires_grad]).")
+
+
+def _refusal(params: Sequence[TorchParam], why: str, where: str, by_position: bool) -> str:
   shapes = [None if p.slot.m is None else tuple(np.shape(p.slot.m)) for p in params]
-  equal = {s: [i for i, t in enumerate(shapes) if t == s] for s in shapes if s is not None}
-  equal = {s: ix for s, ix in equal.items() if len(ix) > 1}
-  detail = (" and equal shapes leave more than one assignment (" + "; ".join(
-      f"{s} at torch parameters {ix[:6]}" for s, ix in list(equal.items())[:3]) + ")"
-      if equal else "")
-  return ValueError(
-      f"{where}: which params leaf each of the optimizer's {len(params)} parameters belongs "
-      f"to cannot be proven: {why}{detail}. torch keys its optimizer state by position in the "
-      "param groups, not by name. Give the names: build the optimizer from "
-      "model.named_parameters() (torch then writes param_names into each param group), or "
-      "pass param_names= (one list per param group, each in the group's order, e.g. "
-      "[[n for n, p in model.named_parameters() if n in group0], ...]).")
+  return (f"{where}: which params leaf each of the optimizer's {len(params)} parameters "
+          f"belongs to cannot be proven: {why}{pairing.equal_shapes(shapes, 'torch parameters')}."
+          + (" torch keys its optimizer state by position in the param groups, not by name. "
+             if by_position else " ")
+          + f"{ASSUMPTION}, and only beside a model state dict made by module.state_dict(). "
+          + _FIX)
 
 
-def _by_names(params: List[TorchParam], model: Optional[dict],
-              entry_leaf: Optional[List[Optional[int]]], like: Any,
-              layout: Any) -> Optional[List[int]]:
-  """Each parameter's leaf by its name; None when like's names are not the model's at all."""
-  leaves = pairing.like_leaves(like)
+def name_leaves(names: Sequence[str], shapes, leaves: pairing.LikeLeaves, layout: Any = None,
+                via_model=None) -> Optional[List[Optional[int]]]:
+  """Per name the leaf it names (or, through `via_model`, the leaf of its model entry).
+
+  None when no name fits a leaf at all (like's names are not the model's, e.g. a list).
+  """
   index = {n: i for i, n in enumerate(leaves.names)}
-  names = pairing.strip_prefixes([p.name for p in params], leaves)
-  model_names = list(model or {})
-  entry_of = dict(zip(pairing.strip_prefixes(model_names, leaves), model_names))
-  out: List[Optional[int]] = []
-  for p, name in zip(params, names):
-    entry = model.get(entry_of.get(name)) if model else None
-    shape = np.shape(p.slot.m) if p.slot.m is not None else (entry.shape if entry else ())
-    leaf = index.get(pairing.torch_name(name, tuple(shape), layout)[0])
-    if leaf is None and entry is not None and entry.tie is not None and entry_leaf is not None:
-      tied = [entry_leaf[k] for k, e in enumerate(model.values())
-              if e.tie == entry.tie and entry_leaf[k] is not None]
-      leaf = tied[0] if tied else None
-    out.append(leaf)
+  stripped = pairing.strip_prefixes(list(names), leaves)
+  out = [index.get(pairing.torch_name(n, tuple(s or ()), layout)[0])
+         for n, s in zip(stripped, shapes)]
+  if via_model is not None:
+    out = [i if i is not None else via_model(n) for n, i in zip(names, out)]
   if all(i is None for i in out) and not callable(getattr(layout, "leaf_name", None)):
-    return None  # e.g. a list: pair as if torch had written no names
-  for p, i in zip(params, out):
-    if i is None:
-      raise ValueError(f"{p.slot.where}: its name {p.name!r} names no params leaf "
-                       f"({leaves.names[:8]}...); pass a layout or like tree with the "
-                       "model's names (e.g. layout=interop.torch_to_flax).")
+    return None
   return out
+
+
+def _via_model(model: Optional[dict], entry_leaf: Optional[List[Optional[int]]],
+               leaves: pairing.LikeLeaves):
+  """name -> the leaf its model entry (or a tensor tied to it) fills, or None."""
+  if not model or entry_leaf is None:
+    return None
+  names = list(model)
+  entries = list(model.values())
+  stripped = dict(zip(pairing.strip_prefixes(names, leaves), range(len(names))))
+  raw = {n: k for k, n in enumerate(names)}
+
+  def leaf(name):
+    k = raw.get(name)
+    if k is None:
+      k = stripped.get(pairing.strip_prefixes([name], leaves)[0])
+    if k is None:
+      return None
+    if entry_leaf[k] is not None:
+      return entry_leaf[k]
+    tie = entries[k].tie
+    tied = [entry_leaf[j] for j, e in enumerate(entries)
+            if tie is not None and e.tie == tie and entry_leaf[j] is not None]
+    return tied[0] if tied else None
+  return leaf
 
 
 def pair_optimizer(params: List[TorchParam], model: Optional[dict], ordered: bool,
                    entry_leaf: Optional[List[Optional[int]]], like: Any, layout: Any,
                    where: str) -> List[int]:
-  """The params leaf of each torch parameter, proven (names, torch's order, shapes) or refused.
+  """The params leaf of each torch parameter, proven (`optax_nadam.interop._pairing`) or refused.
 
   Args:
     params: `read_optimizer`'s.
     model: the model state dict (name -> Entry) beside the optimizer, or None.
-    ordered: the model dict is in registration order.
+    ordered: the model dict is ``module.state_dict()``'s (registration order).
     entry_leaf: `match_model`'s leaf per model entry (for leaves of `like`).
-    like: the trainable params tree.
+    like: the trainable params tree (frozen leaves included: they meet no parameter).
     layout: the layout.
     where: the optimizer state dict, for messages.
   """
-  n_leaves = len(_tree.leaf_paths(like))
-  stepped = [p for p in params if p.slot.m is not None]
-  if not stepped or len(params) != n_leaves:
-    return list(range(len(params)))  # nothing to pair, or a count mismatch (named later)
+  leaves = pairing.like_leaves(like)
+  n = len(leaves.paths)
+  shapes = [tuple(np.shape(p.slot.m)) if p.slot.m is not None else None for p in params]
+  by_name = None
   if all(p.name is not None for p in params):
-    out = _by_names(params, model, entry_leaf, like, layout)
-    if out is not None:
-      return out
+    by_name = name_leaves([p.name for p in params], shapes, leaves, layout,
+                           _via_model(model, entry_leaf, leaves))
+    if by_name is not None and None in by_name:
+      p = params[by_name.index(None)]
+      raise ValueError(f"{p.slot.where}: its name {p.name!r} names no params leaf "
+                       f"({leaves.names[:8]}...); pass a layout or like tree with the "
+                       "model's names (e.g. layout=interop.torch_to_flax).")
   groups = len({p.group for p in params})
-  if groups == 1 and model is not None and ordered and entry_leaf is not None:
-    names = list(model)
-    entries = pairing.param_entries(names, [e.tie for e in model.values()])
-    if len(entries) == len(params) and all(
-        p.slot.m is None or tuple(np.shape(p.slot.m)) == model[names[k]].shape
-        for p, k in zip(params, entries)):
-      return [entry_leaf[k] for k in entries]
-  if groups == 1 and model is None:
-    return list(range(len(params)))  # the caller's params are in the optimizer's order
-  if len(params) == n_leaves:
-    shapes = [tuple(np.shape(p.slot.m)) if p.slot.m is not None else None for p in params]
-    if None not in shapes:
-      target = pairing.unique_shapes(shapes, like, layout)
-      if target is not None:
-        return target
-  if groups > 1:
-    why = (f"it has {groups} param groups, and only one group over all the parameters "
-           "follows the model's order")
-  elif model is None:
-    why = "no model state dict comes with it"
-  elif not ordered:
-    why = ("its model's names are sorted (safetensors, an index file), not in "
-           "model.parameters() order")
-  else:
-    why = ("its parameters are not the model state dict's parameters in order (other counts "
-           "or shapes)")
-  raise _refuse(params, why, where)
+  proven, why = None, ""
+  if by_name is None:
+    entries = [] if model is None else pairing.param_entries(
+        list(model), [e.tie for e in model.values()])
+    names = list(model or {})
+    if not any(p.slot.m is not None for p in params) and groups == 1 and len(params) == n:
+      proven = list(range(n))  # nothing stepped: every pairing gives the same fresh state
+    elif groups > 1:
+      why = (f"it has {groups} param groups, which list their parameters in the order they "
+             "were built, not the model's")
+    elif model is None:
+      if leaves.ordered and len(params) == n:
+        proven = list(range(n))  # params is a list: the caller's order, the optimizer's
+      why = ("no model state dict comes with it and params is a dict (jax orders its leaves "
+             "by sorted key, which is not the optimizer's order)" if not leaves.ordered
+             else f"no model state dict comes with it and params has {n} leaves for "
+             f"{len(params)} parameters")
+    elif not ordered:
+      why = ("its model's names are sorted (safetensors, an index file) or in an order no "
+             "module.state_dict() proves (a plain dict: torch keeps _metadata on its own)")
+    elif len(entries) != len(params):
+      why = (f"it holds {len(params)} parameters and the model {len(entries)} "
+             f"({[names[k] for k in entries][:6]}...): the "
+             + (f"{len(entries) - len(params)} left out (frozen, requires_grad=False?)"
+                if len(entries) > len(params) else "extra ones")
+             + " are not named")
+    elif entry_leaf is None or any(
+        s is not None and s != model[names[k]].shape for s, k in zip(shapes, entries)):
+      why = ("its parameters are not the model state dict's parameters in order (other "
+             "shapes)")
+    else:
+      proven = [entry_leaf[k] for k in entries]
+      if None in proven:
+        proven, why = None, "some of the model's parameters fill no params leaf"
+  by_position = any(p.name is None for p in params)
+  return pairing.pair(by_name, proven, shapes, leaves, range(n), layout,
+                      lambda: _refusal(params, why, where, by_position))
 
 
 def slots_by_leaf(ck: Checkpoint, params: Any, layout: Any, param_names: Any,
-                   entry_leaf: Optional[List[Optional[int]]], where: str):
-  """The torch optimizer's slots and hyperparameters in params-leaf order, laid out."""
+                  entry_leaf: Optional[List[Optional[int]]], where: str):
+  """The torch optimizer's slots and hyperparameters per params leaf, laid out.
+
+  Leaves no torch parameter meets (frozen: left out of the optimizer) get None.
+  """
   tparams = read_optimizer(ck.optimizer, where, param_names)
   if (callable(getattr(layout, "leaf_name", None)) and ck.model is None
       and any(p.name is None for p in tparams)):
@@ -240,26 +284,21 @@ def slots_by_leaf(ck: Checkpoint, params: Any, layout: Any, param_names: Any,
         "model's state dict and its param groups hold no param_names, so its parameters "
         "have no names. Pass the checkpoint (or file) holding both, param_names=, or a "
         "layout without leaf_name (e.g. torch_linear_to_flax) to match by order.")
-  leaf_of = pair_optimizer(tparams, ck.model, ck.ordered, entry_leaf, params,
-                                        layout, ck.optimizer_where)
   paths = param_paths(params)
-  slots = [p.slot for p in tparams]
-  hypers = [p.hyper for p in tparams]
-  if sorted(leaf_of) != list(range(len(paths))):
-    if len(set(leaf_of)) != len(leaf_of):
-      twice = sorted({paths[i] for i in leaf_of if leaf_of.count(i) > 1})
-      raise ValueError(f"{ck.optimizer_where}: params leaves {twice[:5]} would get the slots "
-                       "of several torch parameters.")
-    return slots, hypers  # a count mismatch: build_state names it
-  order = [0] * len(paths)
-  for j, i in enumerate(leaf_of):
-    order[i] = j
-  slots = [slots[j] for j in order]
-  hypers = [hypers[j] for j in order]
-  if layout is not None:
-    slots = [s if s.count is None else s._replace(m=np.asarray(layout(p, s.m)),
-                                                  v=np.asarray(layout(p, s.v)))
-             for p, s in zip(paths, slots)]
+  if len(tparams) > len(paths):
+    raise ValueError(f"{ck.optimizer_where} has slots for {len(tparams)} variables but params "
+                     f"has {len(paths)} leaves ({paths[:5]}...); each torch parameter needs "
+                     "a leaf of its own.")
+  leaf_of = pair_optimizer(tparams, ck.model, ck.ordered, entry_leaf, params, layout,
+                           ck.optimizer_where)
+  slots: List[Optional[PeerSlot]] = [None] * len(paths)
+  hypers: List[Optional[PeerHyperparams]] = [None] * len(paths)
+  for p, i in zip(tparams, leaf_of):
+    slot = p.slot
+    if layout is not None and slot.count is not None:
+      slot = slot._replace(m=np.asarray(layout(paths[i], slot.m)),
+                           v=np.asarray(layout(paths[i], slot.v)))
+    slots[i], hypers[i] = slot, p.hyper
   return slots, hypers
 
 
@@ -275,14 +314,28 @@ def entry_leaf(ck: Checkpoint, params: Any, layout: Any) -> Optional[List[Option
     return None  # the optimizer is paired without the model's order (names or shapes)
 
 
-def torch_tx(hypers: Sequence[PeerHyperparams], like: Any) -> optax.GradientTransformation:
-  """One tx for all leaves (``hypers[i]`` for leaf i): `optax.multi_transform` if they differ."""
-  distinct = list(dict.fromkeys(hypers))
-  if len(distinct) == 1:
-    return printable(peer_tx(distinct[0]), distinct)
-  labels = [f"group{distinct.index(h)}" for h in hypers]
+def torch_tx(hypers: Sequence[Optional[PeerHyperparams]], slots: Sequence[Optional[PeerSlot]],
+             like: Any) -> optax.GradientTransformation:
+  """One tx taking torch's next step on every leaf.
+
+  torch keeps a step count and a mu-product per parameter, our nadam one per
+  instance: leaves that differ in hyperparameters or in (step, mu-product)
+  (a parameter that missed steps, or never had a gradient) get a nadam each,
+  under one `optax.multi_transform`. Leaves torch does not train (``None``:
+  frozen) are left unchanged (``optax.set_to_zero``).
+  """
   import jax
 
-  tx = optax.multi_transform({f"group{k}": peer_tx(h) for k, h in enumerate(distinct)},
-                             jax.tree.unflatten(jax.tree.structure(like), labels))
-  return printable(tx, distinct)
+  keys = [None if h is None else (h, 0 if s.count is None else s.count,
+                                  1.0 if s.count is None else s.mu_product)
+          for h, s in zip(hypers, slots)]
+  distinct = list(dict.fromkeys(k for k in keys if k is not None))
+  stated = list(dict.fromkeys(k[0] for k in distinct))
+  if len(distinct) == 1 and None not in keys:
+    return printable(peer_tx(distinct[0][0]), stated)
+  labels = ["frozen" if k is None else f"group{distinct.index(k)}" for k in keys]
+  transforms = {f"group{j}": peer_tx(k[0]) for j, k in enumerate(distinct)}
+  if None in keys:
+    transforms["frozen"] = optax.set_to_zero()
+  tx = optax.multi_transform(transforms, jax.tree.unflatten(jax.tree.structure(like), labels))
+  return printable(tx, stated)
