@@ -9,7 +9,7 @@ import optax
 
 from optax_nadam import _validation
 from optax_nadam._tree import path_str as _path_str
-from optax_nadam.transform import scale_by_nadam
+from optax_nadam.transform import _scale_by_nadam, scale_by_nadam
 
 
 def _check_learning_rate(learning_rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
@@ -89,9 +89,24 @@ def nadam(
   """
   learning_rate = _check_learning_rate(learning_rate)
   return optax.chain(
-      scale_by_nadam(b1, b2, eps, eps_root, momentum_decay, mu_dtype),
-      optax.scale_by_learning_rate(learning_rate),
+      _scale_by_nadam(b1, b2, eps, eps_root, momentum_decay, mu_dtype, learning_rate),
+      _learning_rate_state(learning_rate),
   )
+
+
+def _learning_rate_state(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+  """`optax.scale_by_learning_rate`'s state (a schedule's count), its updates passed through.
+
+  `nadam` applies the learning rate inside the NAdam step, before the cast to the
+  params' dtype (a float16 direction can overflow where the update does not); the
+  chain keeps optax's state layout, so checkpoints and `interop` see `optax.nadam`'s.
+  """
+  inner = optax.scale_by_learning_rate(learning_rate)
+
+  def update_fn(updates, state, params=None):
+    return updates, inner.update(updates, state, params)[1]
+
+  return optax.GradientTransformation(inner.init, update_fn)
 
 
 def nadamw(

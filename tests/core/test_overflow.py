@@ -1,7 +1,8 @@
 """Overflow: no step is longer than NAdam's own bound, whatever the gradients.
 
-Each gradient is cut to sqrt(max) / 2 of v's dtype and each step to NAdam's
-bound, derived in `optax_nadam._bounds` (Cauchy-Schwarz on the formulas);
+A gradient is cut only where v_t would overflow its dtype, and a step only
+where it exceeds NAdam's bound (`optax_nadam._bounds`, Cauchy-Schwarz on the
+formulas) by more than rounding;
 here it is recomputed in float64 numpy from the formulas alone, checked to be
 attained (so it is the formula's own, not a looser number), and checked
 against every step of the sequences of issue 18 and of hypothesis-drawn
@@ -96,9 +97,10 @@ def test_issue_sequences_stay_within_the_bound():
   print(f"float32 100 x 1e30 then 200 x 1: largest {steps.max():.3g} lr, largest after the "
         f"switch {steps[100:].max():.3g}, last {steps[-1]:.3g} (formula {formula[-1]:.3g})")
   _assert_within_bound(steps)
-  # The steps come back down with the formulas' (the cut gradients' m and v are
-  # consistent, and NAdam's step does not depend on the gradients' scale).
-  np.testing.assert_allclose(steps[-1], formula[-1], rtol=1e-2)
+  # The formulas' v (1e57) cannot be stored: v holds float32's largest value, m the
+  # gradients cut to match it, and the steps come back down with the formulas' (to
+  # 0.31x of them 200 steps later: v saturated from the start, the formulas' grows).
+  assert formula[-1] / 4 < steps[-1] <= formula[-1]
   bf16 = _updates(jnp.bfloat16, [1e30])
   print(f"bfloat16 g = 1e30: first step {bf16[0]:.3g} lr")
   _assert_within_bound(bf16, rtol=2.0**-8)
@@ -201,17 +203,34 @@ def test_without_the_step_cut_float32_steps_stay_within_the_bound_to_rounding(b1
 
 
 @pytest.mark.parametrize("v_dtype", ["float32", "bfloat16", "float16"])
-def test_cut_square_is_bit_for_bit_the_square_of_the_cut_gradient(v_dtype):
-  # v takes min(g * g, limit^2) (one instruction), m and the update the clipped g: the
-  # two must agree bit for bit or m and v would describe different gradients.
-  limit = _bounds.gradient_limit(jnp.dtype(v_dtype))
-  lim32 = np.float32(limit)
-  edges = [0.0, 1e-45, 1e-20, 1.0, lim32, np.nextafter(lim32, np.float32(0)),
-           np.nextafter(lim32, np.float32(np.inf)), 2.0 * lim32, 1.9e19, 1e30, 3.4e38, np.inf]
+def test_fit_v_acts_only_where_v_would_overflow_and_then_matches_m_to_v(v_dtype):
+  # Where b2 v + (1 - b2) g^2 fits v's dtype, g and v_t are the formulas' bit for bit;
+  # elsewhere v_t is the dtype's largest value V and the cut g gives that V.
+  big = float(jnp.finfo(v_dtype).max)
+  b2, omb2 = np.float32(0.999), np.float32(1 - np.float64(np.float32(0.999)))
   rng = np.random.default_rng(1)
-  g = np.concatenate([edges, -np.asarray(edges), 10.0 ** rng.uniform(-45, 38.5, 4000)
-                      * rng.choice([-1.0, 1.0], 4000)]).astype(np.float32)
-  g = jnp.asarray(g)
-  cut = _bounds.cut_gradient(g, limit)
-  np.testing.assert_array_equal(np.asarray(_bounds.cut_square(g, limit)), np.asarray(cut * cut))
-  assert np.isnan(np.asarray(_bounds.cut_square(jnp.asarray([np.nan], jnp.float32), limit)))[0]
+  n = 4000
+  # Normal float32 results only (XLA flushes subnormals, numpy does not).
+  g = (10.0 ** rng.uniform(-15, 38.5, n) * rng.choice([-1.0, 1.0], n)).astype(np.float32)
+  v = np.minimum(10.0 ** rng.uniform(-34, 38.6, n), big).astype(np.float32)
+  v = np.asarray(jnp.asarray(v).astype(v_dtype).astype(jnp.float32))
+  g_c, v_t = (np.asarray(x) for x in _bounds.fit_v(
+      jnp.asarray(g), jnp.asarray(b2 * v), jnp.asarray(omb2), jnp.dtype(v_dtype),
+      jnp.dtype(jnp.float32)))
+  with np.errstate(over="ignore"):
+    formula = b2 * v + (omb2 * g) * g  # float32, as numpy rounds it
+  fits = np.isfinite(formula) & (formula <= big)
+  assert fits.any() and (~fits).any()
+  np.testing.assert_array_equal(g_c[fits], g[fits])
+  np.testing.assert_array_equal(v_t[fits], formula[fits])
+  assert np.all(v_t[~fits] == np.float32(big))
+  assert np.all(np.sign(g_c[~fits]) == np.sign(g[~fits]))
+  again = b2 * v[~fits].astype(np.float64) + omb2 * g_c[~fits].astype(np.float64) ** 2
+  np.testing.assert_allclose(again, big, rtol=1e-5)
+  # Non-finite gradients: NaN stays NaN everywhere; inf gives a NaN g (m, the update)
+  # and v = V.
+  g_c, v_t = _bounds.fit_v(jnp.asarray([np.nan, np.inf, -np.inf], jnp.float32),
+                           jnp.zeros(3), jnp.asarray(omb2), jnp.dtype(v_dtype),
+                           jnp.dtype(jnp.float32))
+  assert np.all(np.isnan(np.asarray(g_c))) and np.isnan(np.asarray(v_t)[0])
+  assert np.all(np.asarray(v_t)[1:] == np.float32(big))
