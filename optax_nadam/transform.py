@@ -355,7 +355,7 @@ def _scale_by_nadam(b1, b2, eps, eps_root, momentum_decay, mu_dtype, learning_ra
 
   def update_fn(updates, state, params=None):
     del params
-    check_updates(updates, state.m)
+    check_updates(updates, state.v)  # v has the params' dtypes (m may be mu_dtype)
     dtype = _scalar_dtype(state.v)  # v has the params' dtypes (m may be mu_dtype)
     count = optax.safe_increment(state.count)
     mu_product, scalars = _step_scalars(h, count.astype(dtype), state.mu_product, dtype, fold)
