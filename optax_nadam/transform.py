@@ -323,9 +323,10 @@ def scale_by_nadam(
   return _scale_by_nadam(b1, b2, eps, eps_root, momentum_decay, mu_dtype)
 
 
-def _scale_by_nadam(b1, b2, eps, eps_root, momentum_decay, mu_dtype, learning_rate=None):
-  """`scale_by_nadam`; with a `learning_rate` (validated by the caller) the update is
-  ``-learning_rate * direction``, formed before the cast to the gradient's dtype."""
+def _scale_by_nadam(b1, b2, eps, eps_root, momentum_decay, mu_dtype):
+  """`scale_by_nadam` whose ``update`` also takes ``learning_rate=`` (this step's, a
+  scalar): the update is then ``-learning_rate * direction``, formed before the cast to
+  the gradient's dtype (`nadam`)."""
   h = _Hyper(
       b1=_validation.number("b1", b1, _validation.UNIT_OPEN),
       b2=_validation.number("b2", b2, _validation.UNIT_OPEN),
@@ -353,14 +354,13 @@ def _scale_by_nadam(b1, b2, eps, eps_root, momentum_decay, mu_dtype, learning_ra
         v=optax.tree.zeros_like(params),
     )
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, learning_rate=None):
     del params
     check_updates(updates, state.v)  # v has the params' dtypes (m may be mu_dtype)
     dtype = _scalar_dtype(state.v)  # v has the params' dtypes (m may be mu_dtype)
     count = optax.safe_increment(state.count)
     mu_product, scalars = _step_scalars(h, count.astype(dtype), state.mu_product, dtype, fold)
-    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-    lr = None if lr is None else _rounded(lr, dtype)
+    lr = None if learning_rate is None else _rounded(learning_rate, dtype)
     out = jax.tree.map(
         lambda g, m, v: _leaf(scalars, g, m, v, dtype, zero_denominator_possible,
                               step_cut_needed, lr),
