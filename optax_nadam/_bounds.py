@@ -115,7 +115,8 @@ def saturate(m_t, m_dtype):
   Only where `m_dtype` holds a narrower range than `m_t`'s gradients can reach; the
   stored ``m`` then shrinks toward 0, which only shortens later steps.
   """
-  m_max = float(jnp.finfo(m_dtype).max)
+  real = m_t.real.dtype
+  m_max = jnp.asarray(float(jnp.finfo(m_dtype).max), real)  # typed: no float64 under x64
   if jnp.iscomplexobj(m_t):
     return jax.lax.complex(jnp.clip(m_t.real, -m_max, m_max), jnp.clip(m_t.imag, -m_max, m_max))
   return jnp.clip(m_t, -m_max, m_max)

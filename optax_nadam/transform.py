@@ -201,22 +201,12 @@ def _leaf(s: StepScalars, g, m, v, scalar_dtype, zero_denominator_possible: bool
           step_cut_needed, learning_rate=None):
   """One leaf's update, ``m_t`` and ``v_t`` (the formulas of the module docstring).
 
-  The guards of `optax_nadam._bounds` act only where a stored moment would
-  overflow its dtype or a step would leave NAdam's bound by more than rounding.
-
-  Args:
-    s: the step's scalars.
-    g: the gradient.
-    m: the first moment.
-    v: the second moment.
-    scalar_dtype: the dtype of `s`.
-    zero_denominator_possible: eps and eps_root are 0 in float32: a 0/0 step
-      (no gradient yet) is taken as 0.
-    step_cut_needed: ``(compute_dtype, m_dtype, v_dtype) -> bool``
-      (`_bounds.step_cut_needed`).
-    learning_rate: None (return the direction), or this step's learning rate: the
-      update ``-learning_rate * direction`` is then formed before the cast to
-      `g`'s dtype (a float16 direction can overflow where the update does not).
+  The guards (`optax_nadam._bounds`) act only where a stored moment would overflow its
+  dtype, a step would leave NAdam's bound by more than rounding, or a float16 update
+  would leave float16's range. `step_cut_needed` is `_bounds.step_cut_needed` of
+  ``(compute, m, v)`` dtypes; `zero_denominator_possible` (eps = eps_root = 0 in
+  float32) takes a 0/0 step as 0; with a `learning_rate` the update is
+  ``-learning_rate * direction``, formed before the cast to `g`'s dtype.
 
   Returns:
     ``(update, m_t, v_t)`` in the dtypes of `g`, `m` and `v`.
