@@ -96,16 +96,18 @@ def _documented_float32_step(b1, b2, eps, psi):
     out = {}
     for k in g:
       g_k = g[k].astype(jnp.float32)
-      # (1 - b2) g^2 as ((1 - b2) g) g: it overflows only where v_t does; there v_t is
-      # v's largest value V and |g| is cut to sqrt((V - b2 v) / (1 - b2)).
+      # (1 - b2) g^2 as ((1 - b2) g) g; where v_t would overflow v's dtype it is its
+      # largest value V (g cut where its own term exceeds V).
       b2_v = b2_ * v[k].astype(jnp.float32)
-      v_k = b2_v + (one_minus_b2 * g_k) * g_k
       if float(jnp.finfo(g[k].dtype).max) ** 2 > float(jnp.finfo(v[k].dtype).max):
         v_max = f32(jnp.finfo(v[k].dtype).max)
-        over = v_k > v_max
-        limit = jnp.sqrt(v_max - b2_v) * jax.lax.rsqrt(one_minus_b2)
-        g_k = jnp.where(over, jnp.copysign(limit, g_k) + 0.0 * g_k, g_k)
-        v_k = jnp.where(over, v_max, v_k)
+        limit = jnp.sqrt(v_max) * jax.lax.rsqrt(one_minus_b2)
+        g_cut = jnp.clip(g_k, -limit, limit)
+        v_k = b2_v + (one_minus_b2 * g_cut) * g_cut
+        v_k = jnp.where(v_k > v_max, v_max, v_k)
+        g_k = g_cut + 0.0 * g_k
+      else:
+        v_k = b2_v + (one_minus_b2 * g_k) * g_k
       m_k = b1_ * m[k].astype(jnp.float32) + one_minus_b1 * g_k
       u_k = (coef_g * g_k + coef_m * m_k) / (jnp.sqrt(v_k) + eps_hat)
       u_k = jnp.clip(u_k, -bound, bound)  # bound: see test_overflow.py

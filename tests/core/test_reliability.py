@@ -107,9 +107,9 @@ def test_float16_v_is_guarded_only_where_it_would_overflow():
   np.testing.assert_allclose(vs[:40], [1e6 * (1 - 0.999 ** t) for t in range(1, 41)],
                              rtol=2e-3)
   assert vs[-1] == 65504.0
-  # Past that, v (bias-corrected: 65504 / (1 - 0.999^t)) is larger than the cut
-  # gradient's own: steps shorter than the formulas' for a steady gradient (g = -1's).
-  assert 0.3 * u[1] < -u[0] < u[1]
+  # Past that, v holds 65504 while m keeps g = 1000 (its own term fits): the steps
+  # are up to 2x the formulas' steady step (g = -1's), cut to NAdam's bound if longer.
+  assert 0.3 * u[1] < -u[0] < 2.5 * u[1]
 
 
 @pytest.mark.peers
@@ -156,7 +156,7 @@ def test_nan_and_inf_gradients_propagate_without_a_wrapper():
   # gradient stays visible, like a NaN one); v, which would overflow, holds float32's
   # largest value.
   assert jnp.isnan(m[1, 1]) and jnp.isnan(u[1, 1])
-  assert float(v[1, 1]) == float(np.finfo(np.float32).max)
+  np.testing.assert_allclose(float(v[1, 1]), float(np.finfo(np.float32).max), rtol=1e-6)
   # Nothing else is touched: the scalars and every other coordinate are the clean run's.
   assert int(nadam_state.count) == 1
   assert float(nadam_state.mu_product) == float(clean_state[0].mu_product)
