@@ -130,10 +130,11 @@ def saturate(m_t, m_dtype):
 def step_cut_needed(compute_dtype, m_dtype, v_dtype, b1, b2, eps, eps_root) -> bool:
   """Whether a step can leave NAdam's bound by more than rounding (else no cut is compiled).
 
-  False only for state stored as precisely as it is computed, concrete
-  hyperparameters, and ``max(eps, sqrt(eps_root))`` large enough that the flush of
-  tiny values to zero stays below the unit roundoff (the derivation is in
-  docs/reliability.md#overflow-and-the-steps-bound).
+  True wherever ``v`` can saturate (gradients as wide as the compute dtype reach
+  ``v``'s range: then ``m`` can exceed what ``v`` allows). Otherwise False only for
+  state stored as precisely as it is computed, concrete hyperparameters, and
+  ``max(eps, sqrt(eps_root))`` large enough that the flush of tiny values to zero
+  stays below the unit roundoff (docs/reliability.md#overflow-and-the-steps-bound).
 
   Args:
     compute_dtype: the dtype the leaf is computed in (float32 or float64).
@@ -144,6 +145,8 @@ def step_cut_needed(compute_dtype, m_dtype, v_dtype, b1, b2, eps, eps_root) -> b
     True where the cut must stay.
   """
   real = jnp.finfo(compute_dtype)
+  if v_can_overflow(compute_dtype, v_dtype):  # a saturated v no longer matches m
+    return True
   if any(jnp.finfo(d).nmant < real.nmant for d in (m_dtype, v_dtype)):
     return True
   if any(x is None for x in (b1, b2, eps, eps_root)):

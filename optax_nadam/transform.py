@@ -230,8 +230,7 @@ def _leaf(s: StepScalars, g, m, v, scalar_dtype, zero_denominator_possible: bool
   else:
     denominator = jnp.sqrt(v_t * s.inv_bias_2 + s.eps_root) + s.eps
   update = (s.coef_g * g_c + s.coef_m * m_t) / denominator
-  # A saturated v no longer matches m: the step cut keeps such steps within the bound.
-  if _bounds.v_can_overflow(g.dtype, v.dtype) or step_cut_needed(compute, m.dtype, v.dtype):
+  if step_cut_needed(compute, m.dtype, v.dtype):
     update = _bounds.cut_step(update, s.step_bound)
   if zero_denominator_possible:
     # v_t = 0 (no gradient yet, or g^2 below the smallest float): 0/0 would be
