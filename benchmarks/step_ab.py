@@ -1,6 +1,6 @@
 """Step time of this checkout's `nadam` against the package at another git revision.
 
-    python -m benchmarks.step_ab [--rev c7590d2] [--rounds 24] [--copies 4]
+    python -m benchmarks.step_ab [--rev c7590d2] [--rounds 24] [--copies 4] [--only 1M]
 
 Both versions are imported into one process (the other revision's package is
 read with ``git archive`` into a temporary directory and renamed). Each regime
@@ -42,6 +42,7 @@ REGIMES = {
     "10 x 16k float32 (in cache)": [((16_384,), jnp.float32)] * 10,
     "10 x 1M float32": [((1_000_000,), jnp.float32)] * 10,
     "10 x 1M bfloat16": [((1_000_000,), jnp.bfloat16)] * 10,
+    "10 x 1M float16": [((1_000_000,), jnp.float16)] * 10,
     "transformer-like float32": ([((512, 2048), jnp.float32), ((2048, 512), jnp.float32),
                                   ((512, 512), jnp.float32)] * 4 + [((512,), jnp.float32)] * 16),
 }
@@ -96,6 +97,7 @@ def main():
                       "issue 18's numerics)")
   parser.add_argument("--rounds", type=int, default=24)
   parser.add_argument("--copies", type=int, default=4)
+  parser.add_argument("--only", default="", help="run the regimes whose name contains this")
   args = parser.parse_args()
   import optax_nadam
 
@@ -111,6 +113,8 @@ def main():
            "A/A": lambda: other.nadam(1e-3), "this 2": lambda: optax_nadam.nadam(1e-3),
            "optax.adam": lambda: optax.adam(1e-3)}
     for name, leaves in REGIMES.items():
+      if args.only not in name:
+        continue
       n = len(leaves)
       steps = {k: _compiled(make(), leaves) for k, make in txs.items()}
       # Buffer sets, each at its own offsets (a random-sized allocation before each):

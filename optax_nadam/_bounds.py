@@ -1,31 +1,14 @@
-"""NAdam's own bound on the step, and the cuts that keep every step within it (private).
+"""The guards of NAdam's step: each acts only where the formulas cannot be computed (private).
 
-What keeps a step finite and no longer than the formulas allow when float32
-(or float16, bfloat16) cannot hold the second moment. Two cuts:
+- `fit_v`: where ``v_t = b2 v + (1 - b2) |g|^2`` would overflow the dtype ``v`` is
+  stored in, ``v_t`` is that dtype's largest value (and a gradient whose own term
+  overflows is cut to fit it); the step cut then keeps the step within the bound.
+- `saturate`: where ``m_t`` would overflow a narrower ``mu_dtype``, the stored ``m``
+  is that dtype's largest value (the step itself uses the computed ``m_t``).
+- `cut_step`: a step longer than NAdam's own bound (`step_bound`) by more than
+  rounding is cut to it; `step_cut_needed` says where that can happen at all.
 
-- `cut_gradient`: each gradient element is cut to ``sqrt(max) / 2`` of the
-  dtype ``v`` is stored in (9.2e18 for float32 and bfloat16, 128 for
-  float16), the largest magnitude whose square the EMA ``v`` holds with room
-  to spare (``v <= max / 4``). ``m`` and ``v`` are then the formulas' for the
-  cut gradients: consistent with each other, never saturated (a finite ``v``
-  stays finite: ``b2 v + (1 - b2) max / 4 <= max``), and once the gradients
-  come back down the steps shrink as the formulas' do. The peers instead store
-  ``v = inf`` and the coordinate never moves again. An infinite gradient is
-  not a huge one: `keep_non_finite` makes it NaN in ``m`` (and so in the
-  update), as in every peer.
-- `cut_step`: every step is cut to `step_bound`, the largest step the formulas
-  can give at step ``t``. `step_cut_needed` says where it can act beyond
-  rounding, and the update compiles it in only there (two more operations in
-  the update's pass over each leaf): the state stored narrower than it is
-  computed (bfloat16 or float16 ``m`` or ``v``: their rounding accumulates, up
-  to 6% past the bound in bfloat16 in a development sweep with the cut
-  removed, and without bound in float16, whose ``v`` flushes to 0 beside a
-  surviving ``m``), an ``eps`` too small to cover ``v``'s flush to zero, or
-  traced hyperparameters. Elsewhere (float32 and float64 state from this
-  optimizer's own steps) the derivation in `step_cut_needed` bounds every
-  step by the bound times ``1 + O(u / (1 - b1^2 / b2))`` (u the unit
-  roundoff; at most 1 + 1.6e-7 measured in tests/core/test_overflow.py):
-  rounding, not overflow.
+Derivations and measurements: docs/reliability.md#overflow-and-the-steps-bound.
 """
 
 import math
@@ -34,35 +17,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# No update is longer than this (times the learning rate): 2**63 ~ 9.2e18, so that a
-# learning rate in its range [0, sqrt(float32 max) ~ 2**64] times a step is at most
-# 2**127, finite in float32 (powers of two: no rounding at the edge).
+# No direction is longer than this: a learning rate up to sqrt(float32 max) ~ 2**64 times
+# it is at most 2**127, finite in float32.
 MAX_STEP = 2.0**63
+# The step cut acts beyond bound * (1 + STEP_SLACK * u), u the compute dtype's unit
+# roundoff: the update and the bound at t = 1 (where any gradient attains the bound when
+# eps << |g|) each carry a few roundings, and float32 state stays within 3 u of the bound
+# (docs/reliability.md); inside the slack the update, and its derivative, are untouched.
+STEP_SLACK = 64
 
 
 def step_bound(t, coef_g, coef_m, one_minus_b1, one_minus_b2, bias_2, log_b1, log_r):
-  """NAdam's own bound on ``|update|`` at step `t`.
+  """NAdam's own attained bound on ``|update|`` at step `t` (Cauchy-Schwarz on the formulas).
 
-  With zero initial moments, ``m_t = (1 - b1) sum_k b1^k g_{t-k}``, ``v_t =
-  (1 - b2) sum_k b2^k g_{t-k}^2`` and ``m_bar = sum_k w_k g_{t-k}`` with
-  ``w_0 = coef_g + coef_m (1 - b1)``, ``w_k = coef_m (1 - b1) b1^k``.
-  Cauchy-Schwarz (``w_k g_{t-k} = (w_k / sqrt(b2^k)) (sqrt(b2^k) g_{t-k})``)
-  gives, with ``r = b1^2 / b2`` and ``S = sum_{k=1}^{t-1} r^k``::
-
-    |m_bar| / sqrt(v_t / (1 - b2^t))
-        <= sqrt((1 - b2^t) / (1 - b2)) sqrt(w_0^2 + (coef_m (1 - b1))^2 S)
-
-  with equality for ``g_{t-k}`` proportional to ``w_k / b2^k``: the bound is
-  attained, so it is the formula's own. eps > 0 and eps_root > 0 only
-  shorten the step. Capped at `MAX_STEP`; degenerate betas whose bound is NaN
-  (b1 = b2 = 0) take the cap. Not differentiated: it only cuts off overflow.
+  ``sqrt((1 - b2^t) / (1 - b2)) sqrt(w_0^2 + (coef_m (1 - b1))^2 S)`` with ``w_0 =
+  coef_g + coef_m (1 - b1)``, ``S = sum_{k=1}^{t-1} (b1^2 / b2)^k``; capped at
+  `MAX_STEP` (also where it is NaN: b1 = b2 = 0). Not differentiated.
 
   Args:
     t: the step, 1 for the first update, in the scalar dtype.
-    coef_g: ``(1 - mu_t) / (1 - prod_t)``, the weight of ``g`` in ``m_bar``.
-    coef_m: ``mu_{t+1} / (1 - prod_t mu_{t+1})``, the weight of ``m_t``.
-    one_minus_b1: ``1 - b1``.
-    one_minus_b2: ``1 - b2``.
+    coef_g, coef_m: the weights of ``g`` and ``m_t`` in ``m_bar``.
+    one_minus_b1, one_minus_b2: ``1 - b1``, ``1 - b2``.
     bias_2: ``1 - b2^t``.
     log_b1: ``log(b1)`` (``-inf`` for b1 = 0).
     log_r: ``log(b1^2 / b2)``.
@@ -71,8 +46,8 @@ def step_bound(t, coef_g, coef_m, one_minus_b1, one_minus_b2, bias_2, log_b1, lo
     The bound, a scalar of `coef_g`'s dtype.
 
   References:
-    Dozat, 2016, "Incorporating Nesterov Momentum into Adam"; Kingma & Ba,
-    2015, "Adam", section 2.1 (the bound on Adam's step).
+    Dozat, 2016, "Incorporating Nesterov Momentum into Adam"; Kingma & Ba, 2015,
+    "Adam", section 2.1.
   """
   dtype = jnp.result_type(coef_g)
 
@@ -93,112 +68,85 @@ def step_bound(t, coef_g, coef_m, one_minus_b1, one_minus_b2, bias_2, log_b1, lo
   return jax.lax.stop_gradient(bound.astype(dtype))
 
 
-def gradient_limit(v_dtype) -> float:
-  """``sqrt(max) / 2`` of `v_dtype`: the largest gradient magnitude `cut_gradient` keeps."""
-  return 0.5 * math.sqrt(float(jnp.finfo(v_dtype).max))
+def _abs2(x):
+  return x.real * x.real + x.imag * x.imag if jnp.iscomplexobj(x) else x * x
 
 
-def cut_gradient(g, limit: float):
-  """`g` with every element (real and imaginary parts) cut to ``[-limit, limit]``.
+def v_can_overflow(g_dtype, v_dtype) -> bool:
+  """Whether ``b2 v + (1 - b2) g^2`` can exceed `v_dtype`'s range for a `g_dtype` gradient."""
+  return float(jnp.finfo(g_dtype).max) > math.sqrt(float(jnp.finfo(v_dtype).max))
 
-  NaN stays NaN; an infinite element becomes ``+-limit`` here, and
-  `keep_non_finite` on the first moment's input makes it NaN there.
+
+def fit_v(g, b2_v, one_minus_b2, v_dtype, g_dtype):
+  """``(g_m, v_t)``: the formulas' ``g`` and ``v_t``, except where ``v_t`` overflows `v_dtype`.
+
+  ``(1 - b2) g^2`` is formed as ``((1 - b2) g) g``. With ``V`` the largest value of
+  `v_dtype`: where ``(1 - b2) g^2 > V`` (then ``v_t > V`` whatever ``v``), ``|g|`` is
+  cut to ``sqrt(V / (1 - b2))``; where ``v_t > V``, ``v_t = V``. Both depend on the
+  gradient alone or on ``v_t`` alone: a cut that reads ``v`` makes XLA:CPU materialize
+  intermediates (3.3x the step time measured). An infinite ``g`` gives a NaN ``g_m``
+  (so NaN ``m`` and update, as in every peer) and ``v_t = V``; NaN stays NaN.
 
   Args:
     g: the gradient, in the compute dtype.
-    limit: `gradient_limit` of the dtype ``v`` is stored in.
+    b2_v: ``b2 * v`` in the compute dtype (real).
+    one_minus_b2: ``1 - b2``.
+    v_dtype: the dtype ``v`` is stored in.
+    g_dtype: the gradient's own dtype (no guard where it cannot overflow ``v``).
 
   Returns:
-    The cut gradient.
+    ``(g_m, v_t)`` in the compute dtype: the gradient for ``m`` and the step, and ``v_t``.
   """
-  limit = jnp.asarray(limit, jnp.finfo(g.dtype).dtype)  # a Python float is f64 under x64
+  if not v_can_overflow(g_dtype, v_dtype):
+    if jnp.iscomplexobj(g):
+      return g, b2_v + (one_minus_b2 * g.real * g.real + one_minus_b2 * g.imag * g.imag)
+    return g, b2_v + (one_minus_b2 * g) * g
+  v_max = jnp.asarray(float(jnp.finfo(v_dtype).max), b2_v.dtype)
+  limit = jnp.sqrt(v_max) * jax.lax.rsqrt(one_minus_b2)
   if jnp.iscomplexobj(g):
-    cut = jax.lax.complex(jnp.clip(g.real, -limit, limit), jnp.clip(g.imag, -limit, limit))
+    re, im = jnp.clip(g.real, -limit, limit), jnp.clip(g.imag, -limit, limit)
+    g_cut = jax.lax.complex(re, im)
+    v_t = b2_v + (one_minus_b2 * re * re + one_minus_b2 * im * im)
   else:
-    cut = jnp.clip(g, -limit, limit)
-  return cut
+    g_cut = jnp.clip(g, -limit, limit)
+    v_t = b2_v + (one_minus_b2 * g_cut) * g_cut
+  # 0 * inf = NaN: an infinite g stays non-finite in m and the step (v takes V).
+  return g_cut + 0.0 * g, jnp.where(v_t > v_max, v_max, v_t)
 
 
-def cut_square(g, limit: float):
-  """``|cut_gradient(g, limit)|^2``, the gradient's contribution to ``v``.
+def saturate(m_t, m_dtype):
+  """`m_t` with its magnitude (each part's) cut to `m_dtype`'s largest value.
 
-  Real `g`: ``min(g * g, limit^2)`` (``limit^2`` rounded as ``limit * limit``
-  is in `g`'s dtype), bit for bit the square of the cut gradient (rounding is
-  monotone, and an overflowing ``g * g = inf`` gives ``limit^2``) in one
-  instruction instead of a two-sided clip; NaN stays NaN. Complex `g`: the
-  parts are cut (as in `cut_gradient`) and squared.
-
-  Args:
-    g: the gradient, in the compute dtype.
-    limit: `gradient_limit` of the dtype ``v`` is stored in.
-
-  Returns:
-    The real square, in `g`'s real dtype.
+  Only where `m_dtype` holds a narrower range than `m_t`'s gradients can reach; the
+  stored ``m`` then shrinks toward 0, which only shortens later steps.
   """
-  if jnp.iscomplexobj(g):
-    g_c = cut_gradient(g, limit)
-    return jnp.real(g_c * jnp.conj(g_c))
-  real = np.dtype(jnp.finfo(g.dtype).dtype)
-  limit_sq = real.type(limit) * real.type(limit)
-  return jnp.minimum(g * g, jnp.asarray(limit_sq, real))
-
-
-def keep_non_finite(cut, g):
-  """`cut` where `g` is finite, NaN where `g` is infinite or NaN: ``cut + 0 * g``.
-
-  Applied once, to the gradient entering ``m`` (a NaN ``m_t`` makes the update
-  NaN): XLA:CPU computes ``m_t``, ``v_t`` and the update in three loops over
-  the leaf, and each operation here costs in each loop that uses it.
-
-  Args:
-    cut: `cut_gradient` of `g`.
-    g: the gradient.
-
-  Returns:
-    ``cut + 0 * g``.
-  """
-  return cut + 0.0 * g
+  real = m_t.real.dtype
+  m_max = jnp.asarray(float(jnp.finfo(m_dtype).max), real)  # typed: no float64 under x64
+  if jnp.iscomplexobj(m_t):
+    return jax.lax.complex(jnp.clip(m_t.real, -m_max, m_max), jnp.clip(m_t.imag, -m_max, m_max))
+  return jnp.clip(m_t, -m_max, m_max)
 
 
 def step_cut_needed(compute_dtype, m_dtype, v_dtype, b1, b2, eps, eps_root) -> bool:
-  """Whether `cut_step` can change a step by more than rounding (else it is compiled out).
+  """Whether a step can leave NAdam's bound by more than rounding (else no cut is compiled).
 
-  For a state reached from zero moments by this optimizer's steps on cut
-  gradients, Cauchy-Schwarz (`step_bound`) bounds the exact-arithmetic step by
-  ``B``. Computed, two things move the step: rounding, and the flush of tiny
-  values to zero. With ``T`` the smallest normal number of `compute_dtype`,
-  each step loses at most ``3 T`` from ``v`` and from ``m`` (three flushed
-  operations each), so the computed ``v`` is below the exact one by at most
-  ``3 T / (1 - b2)`` and ``m`` is off by at most ``3 T / (1 - b1)``. With
-  ``c = 1 - b2^t >= 1 - b2``, ``coef_m <= 1 / (1 - b1)`` and ``B >= 1 - b1``,
-  and ``e = max(eps, sqrt(eps_root))`` (the denominator is at least
-  ``sqrt(v / c) + e`` up to ``sqrt(v / c) + eps``)::
-
-    |update| <= B (1 + D / e) + E / e,   D = sqrt(3 T) / (1 - b2),
-                                         E = 3 T / (1 - b1)^2 + 2 T
-
-  so the relative excess is at most ``(D + E / (1 - b1)) / e``; below the unit
-  roundoff ``u`` of `compute_dtype` it is rounding. Rounding itself adds
-  ``O(u / (1 - r))`` with ``r = b1^2 / b2`` (the accumulated rounding of ``m``,
-  weighed as in `step_bound`): 1e-6 for b1 = 0.9, 1e-5 for b1 = 0.99, b2 = 0.999.
-  That proof needs ``m`` and ``v`` stored as precisely as they are computed:
-  bfloat16 or float16 storage (params or ``mu_dtype``) rounds them by 2^-9 or
-  2^-12 per step, which accumulates past the bound (up to 6% in bfloat16 in a
-  development sweep with the cut removed; float16 ``v`` flushes to 0 below
-  6e-8 beside a surviving ``m``: unbounded).
+  True wherever ``v`` can saturate (gradients as wide as the compute dtype reach
+  ``v``'s range: then ``m`` can exceed what ``v`` allows). Otherwise False only for
+  state stored as precisely as it is computed, concrete hyperparameters, and
+  ``max(eps, sqrt(eps_root))`` large enough that the flush of tiny values to zero
+  stays below the unit roundoff (docs/reliability.md#overflow-and-the-steps-bound).
 
   Args:
     compute_dtype: the dtype the leaf is computed in (float32 or float64).
-    m_dtype: the dtype ``m`` is stored in.
-    v_dtype: the dtype ``v`` is stored in.
-    b1, b2, eps, eps_root: the hyperparameters as Python floats, or None
-      when traced; rounded here to `compute_dtype`, as the leaf uses them.
+    m_dtype, v_dtype: the dtypes ``m`` and ``v`` are stored in.
+    b1, b2, eps, eps_root: Python floats, or None when traced.
 
   Returns:
-    True where the cut must stay: narrower storage, traced hyperparameters,
-    or ``e`` below ``(D + E / (1 - b1)) / u``.
+    True where the cut must stay.
   """
   real = jnp.finfo(compute_dtype)
+  if v_can_overflow(compute_dtype, v_dtype):  # a saturated v no longer matches m
+    return True
   if any(jnp.finfo(d).nmant < real.nmant for d in (m_dtype, v_dtype)):
     return True
   if any(x is None for x in (b1, b2, eps, eps_root)):
@@ -211,19 +159,18 @@ def step_cut_needed(compute_dtype, m_dtype, v_dtype, b1, b2, eps, eps_root) -> b
 
 
 def cut_step(update, bound):
-  """`update` with every element's magnitude cut to `bound` (NaN stays NaN).
+  """`update` cut to `bound` where its magnitude exceeds ``bound (1 + STEP_SLACK u)``.
 
-  Args:
-    update: the step (real or complex).
-    bound: `step_bound`.
-
-  Returns:
-    The cut step (complex: parts first, then the magnitude).
+  Clipping at the slackened bound leaves every step within rounding of the bound,
+  and its derivative, untouched; beyond it the step is at most the slackened bound.
+  NaN stays NaN; a complex step is cut part by part, then in magnitude.
   """
+  u = float(jnp.finfo(update.dtype).eps) / 2
+  limit = bound * np.float64(1.0 + STEP_SLACK * u).astype(bound.dtype)
   if not jnp.iscomplexobj(update):
-    return jnp.clip(update, -bound, bound)
-  # Parts first (an infinite part would make |update| infinite and update/|update| NaN).
-  update = jax.lax.complex(jnp.clip(update.real, -bound, bound),
-                           jnp.clip(update.imag, -bound, bound))
+    return jnp.clip(update, -limit, limit)
+  update = jax.lax.complex(jnp.clip(update.real, -limit, limit),
+                           jnp.clip(update.imag, -limit, limit))
   size = jnp.abs(update)
-  return jnp.where(size > bound, update * (bound / size), update)
+  safe = jnp.where(size > limit, size, jnp.ones_like(size))  # typed: no float64 under x64
+  return jnp.where(size > limit, update * (limit / safe), update)

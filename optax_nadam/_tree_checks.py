@@ -7,30 +7,12 @@ from optax_nadam import _tree
 from optax_nadam._tree import path_str as _path_str
 
 
-def check_mu_dtype(mu_dtype, params) -> None:
-  """Refuses a complex `mu_dtype` for a real param and a real one for a complex param.
-
-  Args:
-    mu_dtype: the first moment's dtype.
-    params: the params given to ``init``.
-
-  Raises:
-    ValueError: naming the first param of the other kind.
-  """
-  for path, p in jax.tree_util.tree_flatten_with_path(params)[0]:
-    if jnp.iscomplexobj(p) != jnp.issubdtype(mu_dtype, jnp.complexfloating):
-      raise ValueError(
-          f"scale_by_nadam: mu_dtype={mu_dtype} but the param at {_path_str(path)} has "
-          f"dtype {jnp.result_type(p)}; the first moment of a real param must be real and "
-          "of a complex param complex. Pass a mu_dtype of the params' kind, or None.")
-
-
 def check_updates(updates, moments) -> None:
   """Trace-time check of the gradients against the state's moments.
 
   Args:
     updates: the gradients.
-    moments: the state's ``m`` (a tree like the params).
+    moments: the state's ``v`` (a tree like the params, in their dtypes).
 
   Raises:
     ValueError: another tree structure or leaf shape (naming the paths).

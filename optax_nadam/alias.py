@@ -9,7 +9,7 @@ import optax
 
 from optax_nadam import _validation
 from optax_nadam._tree import path_str as _path_str
-from optax_nadam.transform import scale_by_nadam
+from optax_nadam.transform import _scale_by_nadam, scale_by_nadam
 
 
 def _check_learning_rate(learning_rate: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
@@ -41,7 +41,10 @@ def nadam(
 ) -> optax.GradientTransformation:
   r"""The NAdam optimizer of TF/Keras and PyTorch, as an optax optimizer.
 
-  ``chain(scale_by_nadam(...), scale_by_learning_rate(learning_rate))``. With
+  ``chain(scale_by_nadam(...), scale_by_learning_rate(learning_rate))``, with the
+  learning rate applied inside the NAdam step, before the cast to the params' dtype
+  (a float16 direction can overflow where the update does not; the state layout is
+  that chain's). With
   the defaults it follows `tf.keras.optimizers.Nadam` (tf-keras legacy) and,
   with ``eps=1e-8``, `torch.optim.NAdam`; with ``momentum_decay=1.0`` it
   follows Keras 3's `keras.optimizers.Nadam`. It is not `optax.nadam`, which
@@ -88,10 +91,22 @@ def nadam(
     TensorFlow/Keras documentation of `tf.keras.optimizers.Nadam`.
   """
   learning_rate = _check_learning_rate(learning_rate)
-  return optax.chain(
-      scale_by_nadam(b1, b2, eps, eps_root, momentum_decay, mu_dtype),
-      optax.scale_by_learning_rate(learning_rate),
-  )
+  core = _scale_by_nadam(b1, b2, eps, eps_root, momentum_decay, mu_dtype)
+  scale = optax.scale_by_learning_rate(learning_rate)
+  chained = optax.chain(core, scale)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    # chain(core, scale)'s state; the learning rate (a schedule at scale's own count, as
+    # optax evaluates it) multiplies the direction inside core, before the cast.
+    del extra_args
+    core_state, scale_state = state
+    lr = learning_rate(scale_state.count) if callable(learning_rate) else learning_rate
+    updates, core_state = core.update(updates, core_state, params, learning_rate=lr)
+    if callable(learning_rate):  # only a schedule's state (its count) changes
+      scale_state = scale.update(updates, scale_state, params)[1]
+    return updates, (core_state, scale_state)
+
+  return optax.GradientTransformationExtraArgs(chained.init, update_fn)
 
 
 def nadamw(

@@ -40,7 +40,7 @@ import numpy as np
 import optax
 
 from optax_nadam import _bounds, _validation
-from optax_nadam._tree_checks import check_mu_dtype, check_updates
+from optax_nadam._tree_checks import check_updates
 
 _LOG_096 = math.log(0.96)  # float64; the schedule is 0.96 ** (psi * t).
 
@@ -198,19 +198,15 @@ def _step_scalars(h: _Hyper, t, mu_product, dtype, fold: bool):
 
 
 def _leaf(s: StepScalars, g, m, v, scalar_dtype, zero_denominator_possible: bool,
-          step_cut_needed):
+          step_cut_needed, learning_rate=None):
   """One leaf's update, ``m_t`` and ``v_t`` (the formulas of the module docstring).
 
-  Args:
-    s: the step's scalars.
-    g: the gradient.
-    m: the first moment.
-    v: the second moment.
-    scalar_dtype: the dtype of `s`.
-    zero_denominator_possible: eps and eps_root are 0 in float32: a 0/0 step
-      (no gradient yet) is taken as 0.
-    step_cut_needed: ``(compute_dtype, m_dtype, v_dtype) -> bool``, whether
-      the step cut can act beyond rounding (`_bounds.step_cut_needed`).
+  The guards (`optax_nadam._bounds`) act only where a stored moment would overflow its
+  dtype, a step would leave NAdam's bound by more than rounding, or a float16 update
+  would leave float16's range. `step_cut_needed` is `_bounds.step_cut_needed` of
+  ``(compute, m, v)`` dtypes; `zero_denominator_possible` (eps = eps_root = 0 in
+  float32) takes a 0/0 step as 0; with a `learning_rate` the update is
+  ``-learning_rate * direction``, formed before the cast to `g`'s dtype.
 
   Returns:
     ``(update, m_t, v_t)`` in the dtypes of `g`, `m` and `v`.
@@ -221,16 +217,14 @@ def _leaf(s: StepScalars, g, m, v, scalar_dtype, zero_denominator_possible: bool
     # A float32 (or narrower) leaf of a float64 tree: the scalars rounded
     # once to float32, then the leaf computed as in a float32-only tree.
     s = StepScalars(*(None if x is None else jnp.asarray(x).astype(real) for x in s))
-  # Cut to the largest gradient whose square v's dtype holds (`_bounds`): m and v
-  # stay the formulas' for the cut gradients, and a finite v never overflows.
   g_in = g.astype(compute)
-  limit = _bounds.gradient_limit(v.dtype)
-  g_c = _bounds.cut_gradient(g_in, limit)
-  # An infinite gradient makes m (and so the update) NaN; v takes the cut value.
-  m_t = s.b1 * m.astype(compute) + s.one_minus_b1 * _bounds.keep_non_finite(g_c, g_in)
-  g_sq = _bounds.cut_square(g_in, limit)  # |g_c|^2, one instruction for real g
   v_real = jnp.real(v) if jnp.iscomplexobj(v) else v  # |g|^2 kept in a complex v
-  v_t = s.b2 * v_real.astype(g_sq.dtype) + s.one_minus_b2 * g_sq
+  g_c, v_t = _bounds.fit_v(g_in, s.b2 * v_real.astype(real), s.one_minus_b2, v.dtype,
+                           g.dtype)
+  # A complex mu_dtype for a real param holds a zero imaginary part; a real one for a
+  # complex param keeps the real part of the EMA (optax: mu_dtype sets m's dtype).
+  m_in = jnp.real(m) if jnp.iscomplexobj(m) and not jnp.iscomplexobj(g) else m
+  m_t = s.b1 * m_in.astype(jnp.promote_types(m_in.dtype, compute)) + s.one_minus_b1 * g_c
   if s.eps_root is None:  # sqrt(1 - b2 ** t) folded into the scalars
     denominator = jnp.sqrt(v_t) + s.eps
   else:
@@ -242,6 +236,15 @@ def _leaf(s: StepScalars, g, m, v, scalar_dtype, zero_denominator_possible: bool
     # v_t = 0 (no gradient yet, or g^2 below the smallest float): 0/0 would be
     # NaN; take the step as 0. A NaN denominator (NaN gradient) still propagates.
     update = jnp.where(denominator == 0, jnp.zeros_like(update), update)
+  if learning_rate is not None:
+    update = -jnp.asarray(learning_rate).astype(real) * update
+  if float(jnp.finfo(g.dtype).max) < 2.0**127:
+    # float16: a direction or update beyond its range is cut to its largest value.
+    update = _bounds.saturate(update, g.dtype)
+  if float(jnp.finfo(m.dtype).max) < float(jnp.finfo(g.dtype).max):
+    m_t = _bounds.saturate(m_t, m.dtype)  # a narrower mu_dtype: the stored m saturates
+  if jnp.iscomplexobj(m_t) and not jnp.iscomplexobj(m):
+    m_t = jnp.real(m_t)
   return update.astype(g.dtype), m_t.astype(m.dtype), v_t.astype(v.dtype)
 
 
@@ -267,10 +270,10 @@ def scale_by_nadam(
   dropped the 0.004 factor.
 
   Precision follows the policy in this module's docstring (float32 scalars
-  for 32-bit and narrower trees, float64 for float64 ones). Overflow: each
-  gradient element is cut to ``sqrt(max) / 2`` of ``v``'s dtype (9.2e18 for
-  float32, 128 for float16) so that ``v`` never overflows, and no step is
-  longer than the formulas' own bound (see `optax_nadam._bounds`). Returns the
+  for 32-bit and narrower trees, float64 for float64 ones). Guards act only
+  where the formulas cannot be computed in the dtypes involved (`optax_nadam._bounds`):
+  a ``v_t`` or narrower ``m_t`` that would overflow its dtype, a step beyond NAdam's
+  own bound by more than rounding, a float16 direction beyond 65504. Returns the
   positive direction: chain with a negative learning rate (`nadam` does this).
 
   Differentiating through updates (hyperparameter gradients, meta-learning):
@@ -288,8 +291,11 @@ def scale_by_nadam(
     momentum_decay: ``psi`` of the momentum schedule, >= 0. 0.004 is the
       seed's (tf-keras legacy ``schedule_decay``, torch ``momentum_decay``);
       1.0 gives Keras 3's Nadam.
-    mu_dtype: optional dtype of the first moment ``m`` (e.g. ``jnp.bfloat16``),
-      of the params' kind (real or complex); None keeps each parameter's dtype.
+    mu_dtype: optional dtype of the first moment ``m`` (e.g. ``jnp.bfloat16``);
+      None keeps each parameter's dtype. As in optax, it sets ``m``'s dtype
+      whatever the params' kind: a complex ``m`` of a real param stays real-valued;
+      a real ``m`` of a complex param keeps the real part of the gradients' EMA
+      (the imaginary part of the step then comes from the current gradient alone).
 
   Returns:
     An `optax.GradientTransformation` whose state is `ScaleByNadamState`.
@@ -299,13 +305,18 @@ def scale_by_nadam(
       range (b1, b2 in [0, 1); eps, eps_root, momentum_decay in [0, 3.4e38]).
     TypeError: a hyperparameter is not a number (bools and strings included)
       or mu_dtype is not a dtype.
-    ValueError (at ``init``): mu_dtype is complex for a real param or real
-      for a complex one.
 
   References:
     Dozat, 2016, "Incorporating Nesterov Momentum into Adam", ICLR workshop.
     TensorFlow/Keras documentation of `tf.keras.optimizers.Nadam`.
   """
+  return _scale_by_nadam(b1, b2, eps, eps_root, momentum_decay, mu_dtype)
+
+
+def _scale_by_nadam(b1, b2, eps, eps_root, momentum_decay, mu_dtype):
+  """`scale_by_nadam` whose ``update`` also takes ``learning_rate=`` (this step's, a
+  scalar): the update is then ``-learning_rate * direction``, formed before the cast to
+  the gradient's dtype (`nadam`)."""
   h = _Hyper(
       b1=_validation.number("b1", b1, _validation.UNIT_OPEN),
       b2=_validation.number("b2", b2, _validation.UNIT_OPEN),
@@ -326,8 +337,6 @@ def scale_by_nadam(
         _validation.concrete_float(x) for x in (h.b1, h.b2, h.eps, h.eps_root)))
 
   def init_fn(params):
-    if mu_dtype is not None:
-      check_mu_dtype(mu_dtype, params)
     return ScaleByNadamState(
         count=jnp.zeros([], jnp.int32),
         mu_product=jnp.ones([], _scalar_dtype(params)),
@@ -335,15 +344,16 @@ def scale_by_nadam(
         v=optax.tree.zeros_like(params),
     )
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, learning_rate=None):
     del params
-    check_updates(updates, state.m)
+    check_updates(updates, state.v)  # v has the params' dtypes (m may be mu_dtype)
     dtype = _scalar_dtype(state.v)  # v has the params' dtypes (m may be mu_dtype)
     count = optax.safe_increment(state.count)
     mu_product, scalars = _step_scalars(h, count.astype(dtype), state.mu_product, dtype, fold)
+    lr = None if learning_rate is None else _rounded(learning_rate, dtype)
     out = jax.tree.map(
         lambda g, m, v: _leaf(scalars, g, m, v, dtype, zero_denominator_possible,
-                              step_cut_needed),
+                              step_cut_needed, lr),
         updates, state.m, state.v)
     new_updates, m, v = (
         jax.tree.map(lambda _, o, i=i: o[i], updates, out) for i in range(3))

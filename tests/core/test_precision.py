@@ -74,8 +74,8 @@ def _documented_float32_step(b1, b2, eps, psi):
   one (1 - b2, log b2) is evaluated in float64 from the rounded value and
   rounded once to float32; every per-step scalar is float32; sqrt(1 - b2^t)
   is folded into the coefficients (eps_root = 0); each leaf is computed in
-  float32. (The cuts of the gradient and of the step never act on these
-  gradients; test_overflow.py tests them.)
+  float32. (The guards of the gradient and of the step never act on these
+  gradients; test_overflow.py and test_guards.py test them.)
   """
   f32 = np.float32
   b1, b2, psi = (float(f32(x)) for x in (b1, b2, psi))
@@ -96,14 +96,19 @@ def _documented_float32_step(b1, b2, eps, psi):
     out = {}
     for k in g:
       g_k = g[k].astype(jnp.float32)
-      # The cut of the gradient to sqrt(max) / 2 of v's dtype (test_overflow.py).
-      limit = 0.5 * math.sqrt(float(jnp.finfo(v[k].dtype).max))
-      g_k = jnp.clip(g_k, -limit, limit) + 0.0 * g_k
+      # (1 - b2) g^2 as ((1 - b2) g) g; where v_t would overflow v's dtype it is its
+      # largest value V (g cut where its own term exceeds V).
+      b2_v = b2_ * v[k].astype(jnp.float32)
+      if float(jnp.finfo(g[k].dtype).max) ** 2 > float(jnp.finfo(v[k].dtype).max):
+        v_max = f32(jnp.finfo(v[k].dtype).max)
+        limit = jnp.sqrt(v_max) * jax.lax.rsqrt(one_minus_b2)
+        g_cut = jnp.clip(g_k, -limit, limit)
+        v_k = b2_v + (one_minus_b2 * g_cut) * g_cut
+        v_k = jnp.where(v_k > v_max, v_max, v_k)
+        g_k = g_cut + 0.0 * g_k
+      else:
+        v_k = b2_v + (one_minus_b2 * g_k) * g_k
       m_k = b1_ * m[k].astype(jnp.float32) + one_minus_b1 * g_k
-      v_k = b2_ * v[k].astype(jnp.float32) + one_minus_b2 * (g_k * g_k)
-      # Saturation of v (for states imported from elsewhere).
-      v_max = jnp.full_like(v_k, jnp.finfo(v[k].dtype).max)
-      v_k = jax.lax.select(v_k > v_max, v_max, v_k)
       u_k = (coef_g * g_k + coef_m * m_k) / (jnp.sqrt(v_k) + eps_hat)
       u_k = jnp.clip(u_k, -bound, bound)  # bound: see test_overflow.py
       out[k] = (u_k.astype(g[k].dtype), m_k.astype(m[k].dtype), v_k.astype(v[k].dtype))

@@ -72,11 +72,14 @@ def _shapes(tree_name):
   return jax.tree.map(lambda s: s, TREES[tree_name], is_leaf=lambda x: isinstance(x, tuple))
 
 
-def _draw_grads(data, tree_name, dtype, steps=None):
-  """Gradients (a tree, or a tree of [steps, ...] stacks) of random magnitude."""
+def _draw_grads(data, tree_name, dtype, steps=None, wide=False):
+  """Gradients (a tree, or a tree of [steps, ...] stacks) of random magnitude.
+
+  `wide`: float16's whole range (subnormals to 65504), where v and m meet their guards.
+  """
   lo_all, hi_all = LOG10_RANGE[dtype]
-  if dtype == jnp.float16 and steps is not None:
-    lo_all = -2.0  # see test_finite_gradients_keep_updates_params_and_state_finite
+  if wide:
+    lo_all, hi_all = np.log10(6e-8), np.log10(65504.0)
   lo = data.draw(st.floats(lo_all, hi_all), label="log10 |g| low")
   hi = data.draw(st.floats(lo, hi_all), label="log10 |g| high")
   zero_frac = data.draw(st.sampled_from([0.0, 0.25, 1.0]), label="zero fraction")
@@ -107,11 +110,12 @@ def _first_step_fn(tree_name, dtype):
 
 
 @functools.lru_cache(maxsize=None)
-def _run_fn(tree_name, dtype):
+def _run_fn(tree_name, dtype, mu_dtype=None):
   @jax.jit
   def run(hp, grad_stack):
-    _traces[("run", tree_name, dtype)] = _traces.get(("run", tree_name, dtype), 0) + 1
-    tx = optax_nadam.nadam(**hp)
+    key = ("run", tree_name, dtype, mu_dtype)
+    _traces[key] = _traces.get(key, 0) + 1
+    tx = optax_nadam.nadam(**hp, mu_dtype=mu_dtype)
     params = jax.tree.map(lambda g: jnp.zeros(g.shape[1:], g.dtype), grad_stack)
 
     def body(carry, g):
@@ -177,24 +181,24 @@ def test_first_step_is_finite_bounded_against_the_gradient_and_exact(tree_name, 
     assert np.all(np.abs(u64 - expected) <= rtol * np.abs(expected) + atol)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("dtype,mu_dtype", [(jnp.float32, None), (jnp.bfloat16, None),
+                                            (jnp.float16, None), (jnp.float32, jnp.float16)],
+                         ids=["float32", "bfloat16", "float16", "float32-mu_float16"])
 @pytest.mark.parametrize("tree_name", list(TREES))
 @settings(max_examples=60, **SETTINGS)
 @given(hp=hyperparams, data=st.data())
-def test_finite_gradients_keep_updates_params_and_state_finite(tree_name, dtype, hp, data):
-  # Each step's gradients are drawn independently (magnitudes jump between
-  # steps), so m and v see histories the first-step test does not.
-  grad_stack = _draw_grads(data, tree_name, dtype, steps=N_STEPS)
-  if dtype == jnp.float16:
-    # float16 moments hold (1 - b2) g^2 only between 6e-8 and 65504. Outside,
-    # v underflows to 0 (or overflows) while m survives, and after a zero
-    # gradient the exact step ~ lr |m| / eps exceeds float16's max, in float16
-    # params as in any optimizer's. Keep the draws where v is representable:
-    # |g| >= 1e-2 (from _draw_grads), b2 <= 0.999 and v forgetting no faster than m.
-    b1, b2 = sorted([hp["b1"], min(hp["b2"], 0.999)])
-    hp = dict(hp, b1=b1, b2=b2)
-  params, state, updates = _run_fn(tree_name, dtype)(_hp_arrays(hp), grad_stack)
-  assert _all_finite((params, state, updates))
+def test_finite_gradients_keep_updates_params_and_state_finite(tree_name, dtype, mu_dtype, hp,
+                                                              data):
+  # Each step's gradients are drawn independently (magnitudes jump between steps), so m
+  # and v see histories the first-step test does not. Every accepted configuration,
+  # float16 params and a float16 m included: float16 gradients up to 65504 (v and m
+  # would overflow float16 where their guards act), subnormal ones, any b1 and b2.
+  grad_stack = _draw_grads(data, tree_name, dtype, steps=N_STEPS,
+                           wide=dtype == jnp.float16 or mu_dtype is not None)
+  params, state, updates = _run_fn(tree_name, dtype, mu_dtype)(_hp_arrays(hp), grad_stack)
+  assert _all_finite((updates, state))
+  if dtype != jnp.float16:  # float16 params themselves can leave float16's range at lr 1
+    assert _all_finite(params)
   chex.assert_trees_all_equal_dtypes(params, jax.tree.map(lambda g: g[0], grad_stack))
   nadam_state = state[0]
   assert int(nadam_state.count) == N_STEPS
@@ -212,7 +216,7 @@ def test_finite_gradients_keep_updates_params_and_state_finite(tree_name, dtype,
 def test_zero_gradients_give_zero_updates_at_every_step(dtype, hp):
   zeros = jax.tree.map(lambda s: jnp.zeros((N_STEPS, *s), dtype), _shapes("nested"),
                        is_leaf=lambda x: isinstance(x, tuple))
-  params, state, updates = _run_fn("nested", dtype)(_hp_arrays(hp), zeros)
+  params, state, updates = _run_fn("nested", dtype, None)(_hp_arrays(hp), zeros)
   assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
   assert all(bool(jnp.all(x == 0)) for x in jax.tree.leaves((params, state[0].m, state[0].v)))
 
